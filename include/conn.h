@@ -1,0 +1,67 @@
+/* conn.h: one NBD connection in transmission phase.
+ *
+ * Many requests are in flight at once.  Submitting is a short critical
+ * section (take a slot, write header and payload); a receive thread per
+ * connection assembles replies and calls each command's completion.  A
+ * protocol violation or a lost server kills the connection: every request
+ * on it completes with EIO and later submissions fail at once.
+ */
+#ifndef NBDFS_CONN_H
+#define NBDFS_CONN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "handshake.h"
+#include "nbd-proto.h"
+#include "transport.h"
+
+/* Completion: err is 0 or a positive errno.  Called exactly once per
+ * accepted command, from the receive thread, with no lock held. */
+typedef void (*nbd_done_fn)(void *arg, int err);
+/* Block status answer: extents starting at off (the request's offset). */
+typedef void (*nbd_extents_fn)(void *arg, uint64_t off, const struct nbd_extent *e, uint32_t n);
+
+struct nbd_cmd {
+  uint16_t type;
+  uint16_t flags;
+  uint64_t offset;
+  uint32_t count;
+  void *buf;              /* READ: where the data goes; WRITE: the payload */
+  nbd_done_fn done;
+  nbd_extents_fn extents; /* BLOCK_STATUS only */
+  void *arg;
+};
+
+struct nbd_conn;
+
+/* Wrap a negotiated transport.  desc names the server and export in logs.
+ * timeout_s: a request unanswered for this long kills the connection (0: never). */
+struct nbd_conn *nbd_conn_new(struct transport *t, const struct nbd_session *s,
+                              const char *desc, int index, int timeout_s);
+
+/* Start the receive thread. */
+int nbd_conn_start(struct nbd_conn *c);
+
+/* Send a command.  Returns 0 (done will be called) or -EIO when the
+ * connection is dead (done will not be called). */
+int nbd_conn_submit(struct nbd_conn *c, const struct nbd_cmd *cmd);
+
+unsigned nbd_conn_inflight(const struct nbd_conn *c);
+bool nbd_conn_dead(const struct nbd_conn *c);
+
+/* Drop the connection now (protocol violation, timeout, shutdown). */
+void nbd_conn_kill(struct nbd_conn *c, const char *why);
+
+/* Wait up to drain_s seconds until nothing is in flight. */
+void nbd_conn_drain(struct nbd_conn *c, int drain_s);
+
+/* Orderly end: wait up to drain_s for in-flight requests, send
+ * NBD_CMD_DISC, wait for the server to close, free everything. */
+void nbd_conn_close(struct nbd_conn *c, int drain_s);
+
+/* Run the receive loop in the calling thread until the connection ends
+ * (what the receive thread runs; fuzzers call it directly). */
+void nbd_conn_receive_loop(struct nbd_conn *c);
+
+#endif
