@@ -1,0 +1,28 @@
+/* options.h: the command line. */
+#ifndef NBDFS_OPTIONS_H
+#define NBDFS_OPTIONS_H
+
+#include <stdbool.h>
+
+struct nbdfs_options {
+  const char *uri;
+  const char *mountpoint;
+  int connections;        /* -C: default 4 */
+  bool readonly;          /* -r */
+  bool foreground;        /* -f */
+  const char *pidfile;    /* -P */
+  char **fuse_opts;       /* -o, repeatable */
+  int nfuse_opts;
+  int timeout_s;          /* --timeout: per request, 0 = none */
+  int connect_timeout_s;  /* --connect-timeout */
+  bool direct_io;         /* --direct-io */
+  int threads;            /* --fuse-threads */
+  bool exports;           /* --exports: whole server as a directory */
+};
+
+/* Parse argv.  Returns 0 to run, 1 when done (help/version printed), or -1
+ * after printing a one-line error. */
+int options_parse(int argc, char **argv, struct nbdfs_options *o);
+void options_free(struct nbdfs_options *o);
+
+#endif

@@ -1,0 +1,244 @@
+/* main.c: start-up, mount, the FUSE request loop, and an orderly exit. */
+#define FUSE_USE_VERSION 34
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs.h"
+#include "log.h"
+#include "names.h"
+#include "options.h"
+#include "pool.h"
+#include "uri.h"
+
+/* Where to mount and what the file is called. */
+struct mount_target {
+  char *dir;        /* the directory or file FUSE mounts on */
+  char *file_name;  /* NULL: naked (mounted over a regular file) */
+};
+
+static int resolve_mountpoint(const char *mp, const char *export_name, struct mount_target *t)
+{
+  struct stat st;
+  char abs[PATH_MAX];
+  if (stat(mp, &st) == 0) {
+    if (!realpath(mp, abs)) {
+      fprintf(stderr, "nbdfs: cannot resolve mountpoint '%s': %s\n", mp, strerror(errno));
+      return -1;
+    }
+    t->dir = strdup(abs);
+    if (S_ISDIR(st.st_mode))
+      t->file_name = name_from_export(export_name, "disk");
+    else if (S_ISREG(st.st_mode))
+      t->file_name = NULL;
+    else {
+      fprintf(stderr, "nbdfs: mountpoint '%s' is neither a directory nor a regular file\n", mp);
+      return -1;
+    }
+    return 0;
+  }
+  /* DIR/NAME where DIR exists. */
+  char *c1 = strdup(mp), *c2 = strdup(mp);
+  char *dir = dirname(c1), *base = basename(c2);
+  int r = -1;
+  if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode) && strcmp(base, "/") && strcmp(base, ".") &&
+      strcmp(base, "..") && realpath(dir, abs)) {
+    t->dir = strdup(abs);
+    t->file_name = strdup(base);
+    r = 0;
+  } else {
+    fprintf(stderr, "nbdfs: mountpoint '%s' does not exist (nor does its parent directory)\n", mp);
+  }
+  free(c1);
+  free(c2);
+  return r;
+}
+
+static int write_pidfile(const char *path)
+{
+  FILE *f = fopen(path, "w");
+  if (!f || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) {
+    log_error("cannot write pid file %s: %s", path, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+struct loop_thread {
+  struct fuse_session *se;
+  pthread_t tid;
+};
+
+/* One FUSE reader: receive a request, dispatch it (which only sends to the
+ * server), repeat.  Replies are sent by the connections' receive threads. */
+static void *fuse_reader(void *arg)
+{
+  struct fuse_session *se = arg;
+  struct fuse_buf buf = { 0 };
+  while (!fuse_session_exited(se)) {
+    int r = fuse_session_receive_buf(se, &buf);
+    if (r == -EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    fuse_session_process_buf(se, &buf);
+  }
+  free(buf.mem);
+  fuse_session_exit(se);
+  return NULL;
+}
+
+static void noop_handler(int sig) { (void)sig; }
+
+/* Run readers: the main thread is one; signals reach only it, and it wakes
+ * the others with SIGUSR1 when the session ends. */
+static void run_loop(struct fuse_session *se, int nthreads)
+{
+  struct sigaction sa = { .sa_handler = noop_handler };
+  sigaction(SIGUSR1, &sa, NULL);
+  pthread_t *extra = calloc((size_t)nthreads, sizeof *extra);
+  int started = 0;
+  sigset_t all, old;
+  sigfillset(&all);
+  sigdelset(&all, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  for (int i = 1; extra && i < nthreads; i++)
+    if (pthread_create(&extra[started], NULL, fuse_reader, se) == 0)
+      started++;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  fuse_reader(se);
+  for (int i = 0; i < started; i++)
+    pthread_kill(extra[i], SIGUSR1);
+  for (int i = 0; i < started; i++)
+    pthread_join(extra[i], NULL);
+  free(extra);
+}
+
+int main(int argc, char **argv)
+{
+  struct nbdfs_options opt;
+  int pr = options_parse(argc, argv, &opt);
+  if (pr != 0)
+    return pr > 0 ? 0 : 2;
+  signal(SIGPIPE, SIG_IGN);
+
+  char err[1024];
+  struct nbd_uri uri;
+  if (nbd_uri_parse(opt.uri, &uri, err, sizeof err) < 0) {
+    fprintf(stderr, "nbdfs: %s\n", err);
+    return 2;
+  }
+  if (uri.tls) {
+    fprintf(stderr, "nbdfs: TLS not supported yet (URI '%s' asks for it)\n", opt.uri);
+    return 2;
+  }
+  if (uri.tls_certificates || uri.tls_psk_file || uri.tls_hostname || uri.tls_type ||
+      uri.tls_verify_peer >= 0) {
+    fprintf(stderr, "nbdfs: TLS not supported yet (the URI has TLS parameters)\n");
+    return 2;
+  }
+
+  struct mount_target target = { 0 };
+  if (resolve_mountpoint(opt.mountpoint, uri.export_name, &target) < 0)
+    return 1;
+  char pidabs[PATH_MAX];
+  if (opt.pidfile) {
+    /* fuse_daemonize changes to /, so keep an absolute path. */
+    if (opt.pidfile[0] != '/') {
+      char cwd[PATH_MAX];
+      if (!getcwd(cwd, sizeof cwd) ||
+          snprintf(pidabs, sizeof pidabs, "%s/%s", cwd, opt.pidfile) >= (int)sizeof pidabs) {
+        fprintf(stderr, "nbdfs: pid file path too long\n");
+        return 2;
+      }
+      opt.pidfile = pidabs;
+    }
+  }
+
+  /* Connect before mounting, so a bad server leaves nothing mounted. */
+  struct nbd_pool *pool;
+  struct nbd_pool_opts po = { .uri = &uri, .export_name = uri.export_name,
+                              .connections = opt.connections, .timeout_s = opt.timeout_s,
+                              .connect_timeout_s = opt.connect_timeout_s };
+  if (nbd_pool_open(&pool, &po, err, sizeof err) < 0) {
+    fprintf(stderr, "nbdfs: %s\n", err);
+    return 1;
+  }
+  bool server_ro = nbd_pool_flags(pool) & NBD_FLAG_READ_ONLY;
+  log_info("%s: %llu bytes, %d connection%s, block sizes %u/%u/%u%s%s", pool->desc,
+           (unsigned long long)nbd_pool_size(pool), pool->n, pool->n == 1 ? "" : "s",
+           pool->s.info.min_block, pool->s.info.pref_block, pool->s.info.max_block,
+           pool->s.structured ? ", structured replies" : "", server_ro ? ", read-only" : "");
+
+  struct fs_file file = { .name = target.file_name, .export_name = uri.export_name,
+                          .pool = pool, .readonly = opt.readonly || server_ro };
+  struct fs fs = { .files = &file, .nfiles = 1, .naked = target.file_name == NULL,
+                   .direct_io = opt.direct_io, .uid = getuid(), .gid = getgid() };
+  clock_gettime(CLOCK_REALTIME, &fs.mount_time);
+
+  /* FUSE arguments: program name, our defaults, then the user's -o. */
+  struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+  fuse_opt_add_arg(&args, argv[0]);
+  fuse_opt_add_arg(&args, "-o");
+  fuse_opt_add_arg(&args, "fsname=nbdfs,subtype=nbdfs,default_permissions");
+  for (int i = 0; i < opt.nfuse_opts; i++) {
+    fuse_opt_add_arg(&args, "-o");
+    fuse_opt_add_arg(&args, opt.fuse_opts[i]);
+  }
+  int rc = 1;
+  struct fuse_session *se = fuse_session_new(&args, &fs_ops, sizeof fs_ops, &fs);
+  if (!se) {
+    fprintf(stderr, "nbdfs: bad FUSE options (see above)\n");
+    goto out_pool;
+  }
+  if (fuse_set_signal_handlers(se) != 0)
+    goto out_session;
+  if (fuse_session_mount(se, target.dir) != 0) {
+    fprintf(stderr, "nbdfs: cannot mount on %s (see above)\n", target.dir);
+    goto out_signals;
+  }
+  if (fuse_daemonize(opt.foreground) != 0)
+    goto out_unmount;
+  if (!opt.foreground)
+    log_use_syslog();
+  if (opt.pidfile && write_pidfile(opt.pidfile) < 0)
+    goto out_unmount;
+  if (nbd_pool_start(pool) < 0) {
+    log_error("cannot start receive threads");
+    goto out_unmount;
+  }
+  log_info("mounted %s on %s%s%s", pool->desc, target.dir, target.file_name ? "/" : "",
+           target.file_name ? target.file_name : "");
+
+  run_loop(se, opt.threads);
+  rc = 0;
+
+out_unmount:
+  /* Answer everything in flight, flush, disconnect, then unmount. */
+  nbd_pool_close(pool);
+  pool = NULL;
+  fuse_session_unmount(se);
+out_signals:
+  fuse_remove_signal_handlers(se);
+out_session:
+  fuse_session_destroy(se);
+out_pool:
+  nbd_pool_close(pool);
+  fuse_opt_free_args(&args);
+  if (opt.pidfile && rc == 0)
+    unlink(opt.pidfile);
+  free(target.dir);
+  free(target.file_name);
+  nbd_uri_free(&uri);
+  options_free(&opt);
+  return rc;
+}

@@ -1,0 +1,77 @@
+/* names.c: the reversible export-name escaping described in names.h. */
+#include "names.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool needs_escape(unsigned char c)
+{
+  return c == '%' || c == '/' || c < 0x20 || c == 0x7f;
+}
+
+char *name_from_export(const char *export, const char *default_name)
+{
+  if (!export[0])
+    return strdup(default_name);
+  size_t n = strlen(export);
+  char *out = malloc(3 * n + 1);
+  if (!out)
+    return NULL;
+  bool dots = !strcmp(export, ".") || !strcmp(export, "..");
+  bool is_default = !strcmp(export, default_name);
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)export[i];
+    if (needs_escape(c) || dots || (is_default && i == 0))
+      o += (size_t)sprintf(out + o, "%%%02X", c);
+    else
+      out[o++] = (char)c;
+  }
+  out[o] = '\0';
+  return out;
+}
+
+static int hex(char c)
+{
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+char *name_to_export(const char *file, const char *default_name)
+{
+  if (!strcmp(file, default_name))
+    return strdup("");
+  size_t n = strlen(file);
+  char *out = malloc(n + 1);
+  if (!out)
+    return NULL;
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (file[i] == '%') {
+      int hi = i + 2 < n ? hex(file[i + 1]) : -1;
+      int lo = hi >= 0 ? hex(file[i + 2]) : -1;
+      if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+        free(out);
+        return NULL;
+      }
+      out[o++] = (char)(hi << 4 | lo);
+      i += 2;
+    } else {
+      out[o++] = file[i];
+    }
+  }
+  out[o] = '\0';
+  /* Only canonical encodings are valid, so each export has one file name. */
+  char *again = name_from_export(out, default_name);
+  bool canonical = again && !strcmp(again, file);
+  free(again);
+  if (!canonical) {
+    free(out);
+    return NULL;
+  }
+  return out;
+}

@@ -1,0 +1,138 @@
+/* options.c: command-line parsing. */
+#include "options.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+static void usage(FILE *out)
+{
+  fprintf(out,
+"Usage: nbdfs [OPTIONS] URI MOUNTPOINT\n"
+"Mount a Network Block Device export as a file, without root.\n"
+"\n"
+"URI:  nbd://HOST[:PORT][/EXPORT]   nbd+unix:///[EXPORT]?socket=PATH\n"
+"      nbd+vsock://CID[:PORT][/EXPORT]\n"
+"MOUNTPOINT: an existing directory (the file is named after the export,\n"
+"      or 'disk' for the default export), DIR/NAME where DIR exists, or an\n"
+"      existing regular file, which the export is mounted over.\n"
+"\n"
+"Options:\n"
+"  -C, --connections N   connections when the server allows multi-conn (default 4)\n"
+"  -r, --readonly        read-only (automatic for read-only exports)\n"
+"  -f, --foreground      stay in the foreground (default: detach once mounted)\n"
+"  -P, --pidfile FILE    write the daemon's pid to FILE\n"
+"  -o OPTION             FUSE mount option (repeatable), e.g. -o allow_other\n"
+"      --timeout SECS    fail requests the server leaves unanswered this long\n"
+"                        and drop that connection (default 60, 0 = never)\n"
+"      --connect-timeout SECS  bound on connecting and negotiating (default 30)\n"
+"      --direct-io       bypass the kernel page cache\n"
+"      --fuse-threads N  threads reading FUSE requests (default 1)\n"
+"  -v, --verbose         more messages (repeat for debug)\n"
+"  -V, --version         print the version\n"
+"  -h, --help            this help\n");
+}
+
+static int parse_int(const char *s, int lo, int hi, const char *what, int *out)
+{
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || *s == '\0' || *end != '\0' || v < lo || v > hi) {
+    fprintf(stderr, "nbdfs: %s must be a number from %d to %d, not '%s'\n", what, lo, hi, s);
+    return -1;
+  }
+  *out = (int)v;
+  return 0;
+}
+
+enum { OPT_TIMEOUT = 256, OPT_CONNECT_TIMEOUT, OPT_DIRECT_IO, OPT_THREADS, OPT_EXPORTS };
+
+int options_parse(int argc, char **argv, struct nbdfs_options *o)
+{
+  static const struct option longopts[] = {
+    { "connections", required_argument, NULL, 'C' },
+    { "readonly", no_argument, NULL, 'r' },
+    { "read-only", no_argument, NULL, 'r' },
+    { "foreground", no_argument, NULL, 'f' },
+    { "pidfile", required_argument, NULL, 'P' },
+    { "verbose", no_argument, NULL, 'v' },
+    { "version", no_argument, NULL, 'V' },
+    { "help", no_argument, NULL, 'h' },
+    { "timeout", required_argument, NULL, OPT_TIMEOUT },
+    { "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
+    { "direct-io", no_argument, NULL, OPT_DIRECT_IO },
+    { "fuse-threads", required_argument, NULL, OPT_THREADS },
+    { NULL, 0, NULL, 0 },
+  };
+  memset(o, 0, sizeof *o);
+  o->connections = 4;
+  o->timeout_s = 60;
+  o->connect_timeout_s = 30;
+  o->threads = 1;
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, ":C:rfP:o:vVh", longopts, NULL)) != -1) {
+    switch (c) {
+    case 'C':
+      if (parse_int(optarg, 1, 64, "--connections", &o->connections) < 0)
+        return -1;
+      break;
+    case 'r': o->readonly = true; break;
+    case 'f': o->foreground = true; break;
+    case 'P': o->pidfile = optarg; break;
+    case 'o': {
+      char **n = realloc(o->fuse_opts, (size_t)(o->nfuse_opts + 1) * sizeof *n);
+      if (!n)
+        return -1;
+      o->fuse_opts = n;
+      o->fuse_opts[o->nfuse_opts++] = optarg;
+      break;
+    }
+    case 'v': nbd_verbose++; break;
+    case 'V': printf("nbdfs %s\n", NBDFS_VERSION); return 1;
+    case 'h': usage(stdout); return 1;
+    case OPT_TIMEOUT:
+      if (parse_int(optarg, 0, 86400, "--timeout", &o->timeout_s) < 0)
+        return -1;
+      break;
+    case OPT_CONNECT_TIMEOUT:
+      if (parse_int(optarg, 1, 3600, "--connect-timeout", &o->connect_timeout_s) < 0)
+        return -1;
+      break;
+    case OPT_DIRECT_IO: o->direct_io = true; break;
+    case OPT_THREADS:
+      if (parse_int(optarg, 1, 16, "--fuse-threads", &o->threads) < 0)
+        return -1;
+      break;
+    case ':':
+      fprintf(stderr, "nbdfs: option '%s' needs an argument (see nbdfs --help)\n", argv[optind - 1]);
+      return -1;
+    default:
+      if (optopt)
+        fprintf(stderr, "nbdfs: unknown option '-%c' (see nbdfs --help)\n", optopt);
+      else
+        fprintf(stderr, "nbdfs: unknown option '%s' (see nbdfs --help)\n", argv[optind - 1]);
+      return -1;
+    }
+  }
+  if (argc - optind != 2) {
+    fprintf(stderr, "nbdfs: expected URI and MOUNTPOINT, got %d argument%s (see nbdfs --help)\n",
+            argc - optind, argc - optind == 1 ? "" : "s");
+    return -1;
+  }
+  o->uri = argv[optind];
+  o->mountpoint = argv[optind + 1];
+  return 0;
+}
+
+void options_free(struct nbdfs_options *o)
+{
+  free(o->fuse_opts);
+  o->fuse_opts = NULL;
+}
