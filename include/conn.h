@@ -1,10 +1,11 @@
 /* conn.h: one NBD connection in transmission phase.
  *
- * Many requests are in flight at once.  Submitting is a short critical
- * section (take a slot, write header and payload); a receive thread per
- * connection assembles replies and calls each command's completion.  A
- * protocol violation or a lost server kills the connection: every request
- * on it completes with EIO and later submissions fail at once.
+ * Many requests are in flight at once.  Submitting takes a slot in the
+ * request table and writes header and payload without blocking (a backlog
+ * is queued and sent when the socket drains).  The connection's worker loop
+ * assembles replies as bytes arrive and calls each command's completion.  A
+ * protocol violation, a timeout or a lost server kills the connection: every
+ * request on it completes with EIO and later submissions fail at once.
  */
 #ifndef NBDFS_CONN_H
 #define NBDFS_CONN_H
@@ -40,8 +41,11 @@ struct nbd_conn;
 struct nbd_conn *nbd_conn_new(struct transport *t, const struct nbd_session *s,
                               const char *desc, int index, int timeout_s);
 
-/* Start the receive thread. */
-int nbd_conn_start(struct nbd_conn *c);
+struct nbd_loop;
+
+/* Hand the connection to a worker loop: from now on it is non-blocking and
+ * its replies are processed on that loop's thread. */
+int nbd_conn_attach(struct nbd_conn *c, struct nbd_loop *loop);
 
 /* Send a command.  Returns 0 (done will be called) or -EIO when the
  * connection is dead (done will not be called). */
@@ -56,12 +60,17 @@ void nbd_conn_kill(struct nbd_conn *c, const char *why);
 /* Wait up to drain_s seconds until nothing is in flight. */
 void nbd_conn_drain(struct nbd_conn *c, int drain_s);
 
-/* Orderly end: wait up to drain_s for in-flight requests, send
- * NBD_CMD_DISC, wait for the server to close, free everything. */
+/* Orderly end: send NBD_CMD_DISC and wait briefly for the server to close. */
+void nbd_conn_disconnect(struct nbd_conn *c);
+
+/* Free the connection.  Its loop must be stopped, or the connection dead. */
+void nbd_conn_free(struct nbd_conn *c);
+
+/* drain, disconnect and free in one call. */
 void nbd_conn_close(struct nbd_conn *c, int drain_s);
 
-/* Run the receive loop in the calling thread until the connection ends
- * (what the receive thread runs; fuzzers call it directly). */
+/* Process replies in the calling thread until the connection ends (for
+ * tests and fuzzers over blocking or in-memory transports). */
 void nbd_conn_receive_loop(struct nbd_conn *c);
 
 #endif

@@ -16,7 +16,7 @@ struct nbdfs_options {
   int timeout_s;          /* --timeout: per request, 0 = none */
   int connect_timeout_s;  /* --connect-timeout */
   bool direct_io;         /* --direct-io */
-  int threads;            /* --fuse-threads */
+  int threads;            /* --threads: worker loops */
   bool exports;           /* --exports: whole server as a directory */
 };
 

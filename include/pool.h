@@ -56,10 +56,14 @@ void nbd_op_put(struct nbd_op *op);
 /* Connect and negotiate every connection (no threads yet).  Returns 0 or a
  * negative errno with a one-line reason in err. */
 int nbd_pool_open(struct nbd_pool **out, const struct nbd_pool_opts *o, char *err, size_t errlen);
-/* Start the receive threads. */
-int nbd_pool_start(struct nbd_pool *p);
-/* Drain, flush if anything is unflushed, disconnect, free. */
-void nbd_pool_close(struct nbd_pool *p);
+struct nbd_loop;
+/* Spread the connections over the worker loops. */
+int nbd_pool_attach(struct nbd_pool *p, struct nbd_loop **loops, int nloops);
+/* Orderly end while the loops still run: answer what is in flight, flush
+ * if anything is unflushed, send NBD_CMD_DISC on every connection. */
+void nbd_pool_shutdown(struct nbd_pool *p);
+/* Free (the loops must be stopped, or the pool never attached). */
+void nbd_pool_free(struct nbd_pool *p);
 
 /* Add READ/WRITE/TRIM/WRITE_ZEROES commands for [offset, offset+len) to op,
  * split as the server requires.  WRITE payloads are sent before this returns,

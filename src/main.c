@@ -1,6 +1,11 @@
 /* main.c: start-up, mount, the FUSE request loop, and an orderly exit. */
 #define FUSE_USE_VERSION 34
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <fuse_lowlevel.h>
 #include <libgen.h>
 #include <limits.h>
@@ -15,6 +20,7 @@
 
 #include "fs.h"
 #include "log.h"
+#include "loop.h"
 #include "names.h"
 #include "options.h"
 #include "pool.h"
@@ -73,54 +79,55 @@ static int write_pidfile(const char *path)
   return 0;
 }
 
-struct loop_thread {
+/* The FUSE device as seen by one worker loop. */
+struct fuse_source {
+  struct loop_source src;
   struct fuse_session *se;
-  pthread_t tid;
+  struct fuse_buf buf;
+  int endfd;  /* told when the session ends (unmounted) */
 };
 
-/* One FUSE reader: receive a request, dispatch it (which only sends to the
- * server), repeat.  Replies are sent by the connections' receive threads. */
-static void *fuse_reader(void *arg)
+/* Read and dispatch FUSE requests until none is waiting.  Dispatching only
+ * sends to the server; replies are sent when the server's answers arrive. */
+static void on_fuse(void *arg, uint32_t events)
 {
-  struct fuse_session *se = arg;
-  struct fuse_buf buf = { 0 };
-  while (!fuse_session_exited(se)) {
-    int r = fuse_session_receive_buf(se, &buf);
+  (void)events;
+  struct fuse_source *fsrc = arg;
+  for (int i = 0; i < 64; i++) {
+    int r = fuse_session_receive_buf(fsrc->se, &fsrc->buf);
+    if (r == -EAGAIN)
+      return;
     if (r == -EINTR)
       continue;
-    if (r <= 0)
-      break;
-    fuse_session_process_buf(se, &buf);
+    if (r <= 0) {
+      uint64_t one = 1;
+      loop_remove(&fsrc->src);
+      if (write(fsrc->endfd, &one, sizeof one) < 0) { /* main also stops on signals */ }
+      return;
+    }
+    fuse_session_process_buf(fsrc->se, &fsrc->buf);
   }
-  free(buf.mem);
-  fuse_session_exit(se);
-  return NULL;
 }
 
-static void noop_handler(int sig) { (void)sig; }
-
-/* Run readers: the main thread is one; signals reach only it, and it wakes
- * the others with SIGUSR1 when the session ends. */
-static void run_loop(struct fuse_session *se, int nthreads)
+/* Wait for a signal or the end of the session. */
+static void wait_for_end(int endfd)
 {
-  struct sigaction sa = { .sa_handler = noop_handler };
-  sigaction(SIGUSR1, &sa, NULL);
-  pthread_t *extra = calloc((size_t)nthreads, sizeof *extra);
-  int started = 0;
-  sigset_t all, old;
-  sigfillset(&all);
-  sigdelset(&all, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &all, &old);
-  for (int i = 1; extra && i < nthreads; i++)
-    if (pthread_create(&extra[started], NULL, fuse_reader, se) == 0)
-      started++;
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  fuse_reader(se);
-  for (int i = 0; i < started; i++)
-    pthread_kill(extra[i], SIGUSR1);
-  for (int i = 0; i < started; i++)
-    pthread_join(extra[i], NULL);
-  free(extra);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGQUIT);
+  int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+  struct pollfd p[2] = { { .fd = sfd, .events = POLLIN }, { .fd = endfd, .events = POLLIN } };
+  while (poll(p, 2, -1) < 0 && errno == EINTR)
+    ;
+  if (p[0].revents & POLLIN) {
+    struct signalfd_siginfo si;
+    if (read(sfd, &si, sizeof si) == sizeof si)
+      log_info("received signal %u, unmounting", si.ssi_signo);
+  }
+  close(sfd);
 }
 
 int main(int argc, char **argv)
@@ -195,16 +202,18 @@ int main(int argc, char **argv)
     fuse_opt_add_arg(&args, opt.fuse_opts[i]);
   }
   int rc = 1;
+  int nloops = 0, endfd = -1;
+  bool pool_down = false;
+  struct nbd_loop **loops = calloc((size_t)opt.threads, sizeof *loops);
+  struct fuse_source *fsrcs = calloc((size_t)opt.threads, sizeof *fsrcs);
   struct fuse_session *se = fuse_session_new(&args, &fs_ops, sizeof fs_ops, &fs);
   if (!se) {
     fprintf(stderr, "nbdfs: bad FUSE options (see above)\n");
     goto out_pool;
   }
-  if (fuse_set_signal_handlers(se) != 0)
-    goto out_session;
   if (fuse_session_mount(se, target.dir) != 0) {
     fprintf(stderr, "nbdfs: cannot mount on %s (see above)\n", target.dir);
-    goto out_signals;
+    goto out_session;
   }
   if (fuse_daemonize(opt.foreground) != 0)
     goto out_unmount;
@@ -212,27 +221,64 @@ int main(int argc, char **argv)
     log_use_syslog();
   if (opt.pidfile && write_pidfile(opt.pidfile) < 0)
     goto out_unmount;
-  if (nbd_pool_start(pool) < 0) {
-    log_error("cannot start receive threads");
-    goto out_unmount;
+
+  /* Signals are read from a signalfd by this thread; workers block them. */
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGHUP);
+  sigaddset(&sigs, SIGQUIT);
+  pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  endfd = eventfd(0, EFD_CLOEXEC);
+  int ffd = fuse_session_fd(se);
+  fcntl(ffd, F_SETFL, fcntl(ffd, F_GETFL) | O_NONBLOCK);
+  for (; loops && fsrcs && nloops < opt.threads; nloops++)
+    if (!(loops[nloops] = loop_new(nloops, opt.timeout_s && opt.timeout_s < 4 ? 250 : 1000)))
+      break;
+  if (endfd < 0 || nloops < opt.threads || nbd_pool_attach(pool, loops, nloops) < 0) {
+    log_error("cannot start worker threads");
+    goto out_stop;
+  }
+  for (int i = 0; i < nloops; i++) {
+    fsrcs[i] = (struct fuse_source){ .src = { .fd = ffd, .fn = on_fuse, .arg = &fsrcs[i],
+                                               .events = EPOLLIN },
+                                     .se = se, .endfd = endfd };
+    if (loop_add(loops[i], &fsrcs[i].src, true) < 0) {
+      log_error("cannot watch the FUSE device");
+      goto out_stop;
+    }
   }
   log_info("mounted %s on %s%s%s", pool->desc, target.dir, target.file_name ? "/" : "",
            target.file_name ? target.file_name : "");
 
-  run_loop(se, opt.threads);
+  wait_for_end(endfd);
   rc = 0;
 
+out_stop:
+  /* Stop taking requests, answer everything in flight, flush, disconnect;
+   * then stop the workers and unmount. */
+  fuse_session_exit(se);
+  for (int i = 0; i < nloops; i++)
+    loop_remove(&fsrcs[i].src);
+  nbd_pool_shutdown(pool);
+  pool_down = true;
+  for (int i = 0; i < nloops; i++)
+    loop_free(loops[i]);
+  for (int i = 0; i < nloops; i++)
+    free(fsrcs[i].buf.mem);
 out_unmount:
-  /* Answer everything in flight, flush, disconnect, then unmount. */
-  nbd_pool_close(pool);
-  pool = NULL;
   fuse_session_unmount(se);
-out_signals:
-  fuse_remove_signal_handlers(se);
 out_session:
   fuse_session_destroy(se);
 out_pool:
-  nbd_pool_close(pool);
+  if (!pool_down)
+    nbd_pool_shutdown(pool);
+  nbd_pool_free(pool);
+  free(loops);
+  free(fsrcs);
+  if (endfd >= 0)
+    close(endfd);
   fuse_opt_free_args(&args);
   if (opt.pidfile && rc == 0)
     unlink(opt.pidfile);

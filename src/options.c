@@ -32,7 +32,7 @@ static void usage(FILE *out)
 "                        and drop that connection (default 60, 0 = never)\n"
 "      --connect-timeout SECS  bound on connecting and negotiating (default 30)\n"
 "      --direct-io       bypass the kernel page cache\n"
-"      --fuse-threads N  threads reading FUSE requests (default 1)\n"
+"      --threads N       worker threads, each serving FUSE and its connections (default 1)\n"
 "  -v, --verbose         more messages (repeat for debug)\n"
 "  -V, --version         print the version\n"
 "  -h, --help            this help\n");
@@ -67,7 +67,7 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
     { "direct-io", no_argument, NULL, OPT_DIRECT_IO },
-    { "fuse-threads", required_argument, NULL, OPT_THREADS },
+    { "threads", required_argument, NULL, OPT_THREADS },
     { NULL, 0, NULL, 0 },
   };
   memset(o, 0, sizeof *o);
@@ -107,7 +107,7 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
       break;
     case OPT_DIRECT_IO: o->direct_io = true; break;
     case OPT_THREADS:
-      if (parse_int(optarg, 1, 16, "--fuse-threads", &o->threads) < 0)
+      if (parse_int(optarg, 1, 16, "--threads", &o->threads) < 0)
         return -1;
       break;
     case ':':

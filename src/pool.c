@@ -242,20 +242,18 @@ int nbd_pool_open(struct nbd_pool **out, const struct nbd_pool_opts *o, char *er
   return 0;
 }
 
-int nbd_pool_start(struct nbd_pool *p)
+int nbd_pool_attach(struct nbd_pool *p, struct nbd_loop **loops, int nloops)
 {
   for (int i = 0; i < p->n; i++) {
-    int r = nbd_conn_start(p->conns[i]);
+    int r = nbd_conn_attach(p->conns[i], loops[i % nloops]);
     if (r < 0)
       return r;
   }
   return 0;
 }
 
-void nbd_pool_close(struct nbd_pool *p)
+void nbd_pool_shutdown(struct nbd_pool *p)
 {
-  if (!p)
-    return;
   /* Answer everything in flight first, so the FLUSH covers all of it. */
   for (int i = 0; i < p->n; i++)
     nbd_conn_drain(p->conns[i], 30);
@@ -265,7 +263,15 @@ void nbd_pool_close(struct nbd_pool *p)
       log_error("%s: final flush failed: %s", p->desc, strerror(r));
   }
   for (int i = 0; i < p->n; i++)
-    nbd_conn_close(p->conns[i], 30);
+    nbd_conn_disconnect(p->conns[i]);
+}
+
+void nbd_pool_free(struct nbd_pool *p)
+{
+  if (!p)
+    return;
+  for (int i = 0; i < p->n; i++)
+    nbd_conn_free(p->conns[i]);
   nbd_session_free(&p->s);
   free(p->conns);
   free(p);

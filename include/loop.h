@@ -1,0 +1,49 @@
+/* loop.h: event-loop worker threads.
+ *
+ * Each worker waits in epoll on the descriptors registered with it (the
+ * FUSE device, its connections' sockets) and runs their callbacks.  Nothing
+ * blocks in a worker: sockets are non-blocking and send backlogs are queued,
+ * so one thread can keep many requests in flight on many connections, and
+ * on a small machine requests are not handed from thread to thread.
+ */
+#ifndef NBDFS_LOOP_H
+#define NBDFS_LOOP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct nbd_loop;
+
+/* events are EPOLLIN/EPOLLOUT/EPOLLERR/EPOLLHUP bits. */
+typedef void (*loop_fd_fn)(void *arg, uint32_t events);
+/* Called about every tick_ms on the worker (timeouts). */
+typedef void (*loop_tick_fn)(void *arg);
+
+struct loop_source {
+  int fd;
+  loop_fd_fn fn;
+  void *arg;
+  uint32_t events;       /* what is being waited for */
+  struct nbd_loop *loop;
+};
+
+/* Create and start a worker thread with all signals blocked. */
+struct nbd_loop *loop_new(int index, int tick_ms);
+/* Stop the thread (after its current callback) and free it. */
+void loop_free(struct nbd_loop *l);
+
+/* Watch src->fd for src->events.  exclusive: wake only one of several
+ * loops watching the same descriptor (the FUSE device). */
+int loop_add(struct nbd_loop *l, struct loop_source *src, bool exclusive);
+/* Change the events waited for. */
+int loop_modify(struct loop_source *src, uint32_t events);
+void loop_remove(struct loop_source *src);
+
+/* Run fn(arg) on every tick of this loop, until removed. */
+int loop_add_tick(struct nbd_loop *l, loop_tick_fn fn, void *arg);
+void loop_remove_tick(struct nbd_loop *l, void *arg);
+
+/* The loop the calling thread runs, or NULL. */
+struct nbd_loop *loop_current(void);
+
+#endif

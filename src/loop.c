@@ -1,0 +1,170 @@
+/* loop.c: epoll worker threads. */
+#include "loop.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define MAX_TICKS 64
+
+struct tick {
+  loop_tick_fn fn;
+  void *arg;
+};
+
+struct nbd_loop {
+  int index;
+  int epfd;
+  int wakefd;
+  int tick_ms;
+  atomic_bool stop;
+  pthread_t thread;
+  pthread_mutex_t tick_lock;
+  struct tick ticks[MAX_TICKS];
+  int nticks;
+};
+
+static __thread struct nbd_loop *current_loop;
+
+struct nbd_loop *loop_current(void) { return current_loop; }
+
+static void run_ticks(struct nbd_loop *l)
+{
+  struct tick copy[MAX_TICKS];
+  pthread_mutex_lock(&l->tick_lock);
+  int n = l->nticks;
+  memcpy(copy, l->ticks, (size_t)n * sizeof copy[0]);
+  pthread_mutex_unlock(&l->tick_lock);
+  for (int i = 0; i < n; i++)
+    copy[i].fn(copy[i].arg);
+}
+
+static void *loop_main(void *arg)
+{
+  struct nbd_loop *l = arg;
+  current_loop = l;
+  struct epoll_event ev[64];
+  struct timespec last, now;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &last);
+  while (!atomic_load_explicit(&l->stop, memory_order_relaxed)) {
+    int n = epoll_wait(l->epfd, ev, 64, l->tick_ms);
+    if (n < 0 && errno != EINTR) {
+      log_error("worker %d: epoll_wait: %s", l->index, strerror(errno));
+      break;
+    }
+    for (int i = 0; i < n; i++) {
+      struct loop_source *src = ev[i].data.ptr;
+      if (!src) { /* the wake eventfd */
+        uint64_t v;
+        if (read(l->wakefd, &v, sizeof v) < 0) { /* nothing to do */ }
+        continue;
+      }
+      src->fn(src->arg, ev[i].events);
+    }
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    if ((now.tv_sec - last.tv_sec) * 1000 + (now.tv_nsec - last.tv_nsec) / 1000000 >= l->tick_ms) {
+      last = now;
+      run_ticks(l);
+    }
+  }
+  return NULL;
+}
+
+struct nbd_loop *loop_new(int index, int tick_ms)
+{
+  struct nbd_loop *l = calloc(1, sizeof *l);
+  if (!l)
+    return NULL;
+  l->index = index;
+  l->tick_ms = tick_ms;
+  l->epfd = epoll_create1(EPOLL_CLOEXEC);
+  l->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  pthread_mutex_init(&l->tick_lock, NULL);
+  struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+  if (l->epfd < 0 || l->wakefd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) < 0)
+    goto fail;
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int r = pthread_create(&l->thread, NULL, loop_main, l);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (r)
+    goto fail;
+  return l;
+fail:
+  if (l->epfd >= 0)
+    close(l->epfd);
+  if (l->wakefd >= 0)
+    close(l->wakefd);
+  free(l);
+  return NULL;
+}
+
+void loop_free(struct nbd_loop *l)
+{
+  if (!l)
+    return;
+  atomic_store(&l->stop, true);
+  uint64_t one = 1;
+  if (write(l->wakefd, &one, sizeof one) < 0) { /* the loop still stops at its next tick */ }
+  pthread_join(l->thread, NULL);
+  close(l->epfd);
+  close(l->wakefd);
+  pthread_mutex_destroy(&l->tick_lock);
+  free(l);
+}
+
+int loop_add(struct nbd_loop *l, struct loop_source *src, bool exclusive)
+{
+  src->loop = l;
+  struct epoll_event ev = { .events = src->events | (exclusive ? EPOLLEXCLUSIVE : 0),
+                            .data.ptr = src };
+  return epoll_ctl(l->epfd, EPOLL_CTL_ADD, src->fd, &ev) < 0 ? -errno : 0;
+}
+
+int loop_modify(struct loop_source *src, uint32_t events)
+{
+  src->events = events;
+  if (!src->loop)
+    return -ENOENT;
+  struct epoll_event ev = { .events = events, .data.ptr = src };
+  return epoll_ctl(src->loop->epfd, EPOLL_CTL_MOD, src->fd, &ev) < 0 ? -errno : 0;
+}
+
+void loop_remove(struct loop_source *src)
+{
+  if (src->loop)
+    epoll_ctl(src->loop->epfd, EPOLL_CTL_DEL, src->fd, NULL);
+  src->loop = NULL;
+}
+
+int loop_add_tick(struct nbd_loop *l, loop_tick_fn fn, void *arg)
+{
+  pthread_mutex_lock(&l->tick_lock);
+  int r = -ENOSPC;
+  if (l->nticks < MAX_TICKS) {
+    l->ticks[l->nticks++] = (struct tick){ fn, arg };
+    r = 0;
+  }
+  pthread_mutex_unlock(&l->tick_lock);
+  return r;
+}
+
+void loop_remove_tick(struct nbd_loop *l, void *arg)
+{
+  pthread_mutex_lock(&l->tick_lock);
+  for (int i = 0; i < l->nticks; i++)
+    if (l->ticks[i].arg == arg) {
+      l->ticks[i] = l->ticks[--l->nticks];
+      break;
+    }
+  pthread_mutex_unlock(&l->tick_lock);
+}
