@@ -9,7 +9,10 @@
 
 #include "conn.h"
 #include "handshake.h"
+#include "rangelock.h"
 #include "uri.h"
+
+struct extent_cache;
 
 struct nbd_pool_opts {
   const struct nbd_uri *uri;
@@ -27,6 +30,8 @@ struct nbd_pool {
   atomic_uint rr;
   atomic_uint_fast64_t writes_done;  /* completed writes (for flush accounting) */
   atomic_uint_fast64_t flushed_upto; /* writes_done covered by a finished FLUSH */
+  struct rangelock lock;             /* serialises partial-block writes (min block > 1) */
+  struct extent_cache *extents;      /* block status cache */
 };
 
 /* An operation: one or more NBD commands that finish together.  pending
@@ -46,6 +51,12 @@ static inline void nbd_op_init(struct nbd_op *op, void (*complete)(struct nbd_op
   atomic_init(&op->err, 0);
   op->pool = NULL;
   op->complete = complete;
+}
+
+/* Take another reference (one more piece under way). */
+static inline void nbd_op_get(struct nbd_op *op)
+{
+  atomic_fetch_add_explicit(&op->pending, 1, memory_order_relaxed);
 }
 
 /* Record an error (the first one wins) without finishing the op. */
@@ -70,6 +81,11 @@ void nbd_pool_free(struct nbd_pool *p);
  * so buf need only live for the call (READ buffers until completion). */
 void nbd_pool_io(struct nbd_pool *p, struct nbd_op *op, uint16_t type, uint16_t flags,
                  uint64_t offset, uint64_t len, void *buf);
+
+/* Add one BLOCK_STATUS command (base:allocation) for [offset, offset+len);
+ * fn receives the extents with op as its argument. */
+void nbd_pool_block_status(struct nbd_pool *p, struct nbd_op *op, uint64_t offset, uint32_t len,
+                           nbd_extents_fn fn);
 
 /* Add a FLUSH covering every write completed so far (nothing to send when
  * the server has no FLUSH or nothing was written since the last one). */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "extents.h"
 #include "log.h"
 
 void nbd_op_fail(struct nbd_op *op, int err)
@@ -113,6 +114,15 @@ void nbd_pool_io(struct nbd_pool *p, struct nbd_op *op, uint16_t type, uint16_t 
   }
 }
 
+void nbd_pool_block_status(struct nbd_pool *p, struct nbd_op *op, uint64_t offset, uint32_t len,
+                           nbd_extents_fn fn)
+{
+  op->pool = p;
+  struct nbd_cmd cmd = { .type = NBD_CMD_BLOCK_STATUS, .offset = offset, .count = len,
+                         .done = piece_done, .extents = fn, .arg = op };
+  submit(p, op, &cmd);
+}
+
 bool nbd_pool_needs_flush(const struct nbd_pool *p)
 {
   return atomic_load(&p->flushed_upto) < atomic_load(&p->writes_done);
@@ -216,6 +226,16 @@ int nbd_pool_open(struct nbd_pool **out, const struct nbd_pool_opts *o, char *er
     free(p);
     return r;
   }
+  rangelock_init(&p->lock);
+  p->extents = extent_cache_new();
+  if (!p->extents) {
+    snprintf(err, errlen, "out of memory");
+    nbd_conn_close(p->conns[0], 0);
+    nbd_session_free(&p->s);
+    free(p->conns);
+    free(p);
+    return -ENOMEM;
+  }
   p->n = 1;
   if (want > 1 && !(p->s.info.tflags & NBD_FLAG_CAN_MULTI_CONN))
     log_info("%s: server does not allow multi-conn; using one connection", p->desc);
@@ -273,6 +293,8 @@ void nbd_pool_free(struct nbd_pool *p)
   for (int i = 0; i < p->n; i++)
     nbd_conn_free(p->conns[i]);
   nbd_session_free(&p->s);
+  rangelock_destroy(&p->lock);
+  extent_cache_free(p->extents);
   free(p->conns);
   free(p);
 }
