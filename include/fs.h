@@ -11,6 +11,7 @@
 #include "pool.h"
 
 struct fuse_lowlevel_ops;
+struct fuse_session;
 
 /* One file of the mount, backed by one export's pool. */
 struct fs_file {
@@ -28,6 +29,7 @@ struct fs {
   uid_t uid;
   gid_t gid;
   struct timespec mount_time;
+  struct fuse_session *se;  /* for invalidation notices to the kernel */
 };
 
 extern const struct fuse_lowlevel_ops fs_ops;

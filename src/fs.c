@@ -13,11 +13,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "blockio.h"
+#include "extents.h"
 #include "log.h"
 
 #define FILE_INO_BASE 2
-#define ATTR_TIMEOUT 3600.0
+/* Sizes never change, but allocation (st_blocks) does, also by other
+ * clients: attributes are cached for a second. */
+#define ATTR_TIMEOUT 1.0
+#define ENTRY_TIMEOUT 3600.0
 
 static struct fs *fs_of(fuse_req_t req) { return fuse_req_userdata(req); }
 
@@ -37,6 +43,16 @@ static void fill_times(struct fs *fs, struct stat *st)
   st->st_gid = fs->gid;
 }
 
+/* Allocated bytes for st_blocks: what block status last reported, or the
+ * whole size when the server cannot tell. */
+static uint64_t allocated_bytes(struct fs_file *f)
+{
+  uint64_t bytes;
+  if (f->pool->s.have_base_alloc && extents_allocated_cached(f->pool, &bytes))
+    return bytes;
+  return nbd_pool_size(f->pool);
+}
+
 static void file_stat(struct fs *fs, struct fs_file *f, fuse_ino_t ino, struct stat *st)
 {
   memset(st, 0, sizeof *st);
@@ -45,7 +61,7 @@ static void file_stat(struct fs *fs, struct fs_file *f, fuse_ino_t ino, struct s
   st->st_nlink = 1;
   st->st_size = (off_t)nbd_pool_size(f->pool);
   st->st_blksize = (blksize_t)f->pool->s.info.pref_block;
-  st->st_blocks = (blkcnt_t)((nbd_pool_size(f->pool) + 511) / 512);
+  st->st_blocks = (blkcnt_t)((allocated_bytes(f) + 511) / 512);
   fill_times(fs, st);
 }
 
@@ -69,6 +85,9 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
    * ignored: like a block device, the export keeps its size. */
   if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
     conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  /* mtime never changes here, so re-checking attributes on every read
+   * would only cost round trips. */
+  conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
 
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -81,7 +100,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
   for (int i = 0; i < fs->nfiles; i++) {
     if (!strcmp(fs->files[i].name, name)) {
       struct fuse_entry_param e = { .ino = FILE_INO_BASE + (fuse_ino_t)i,
-                                    .attr_timeout = ATTR_TIMEOUT, .entry_timeout = ATTR_TIMEOUT };
+                                    .attr_timeout = ATTR_TIMEOUT, .entry_timeout = ENTRY_TIMEOUT };
       file_stat(fs, &fs->files[i], e.ino, &e.attr);
       fuse_reply_entry(req, &e);
       return;
@@ -90,12 +109,39 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
   fuse_reply_err(req, ENOENT);
 }
 
+struct getattr_ctx {
+  fuse_req_t req;
+  struct fs *fs;
+  struct fs_file *f;
+  fuse_ino_t ino;
+};
+
+static void getattr_allocated(void *arg, uint64_t bytes)
+{
+  (void)bytes; /* now cached: file_stat picks it up */
+  struct getattr_ctx *g = arg;
+  struct stat st;
+  file_stat(g->fs, g->f, g->ino, &st);
+  fuse_reply_attr(g->req, &st, ATTR_TIMEOUT);
+  free(g);
+}
+
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   (void)fi;
   struct fs *fs = fs_of(req);
   struct stat st;
   struct fs_file *f = file_of(fs, ino);
+  uint64_t bytes;
+  if (f && f->pool->s.have_base_alloc && !extents_allocated_cached(f->pool, &bytes)) {
+    /* Ask the server what is allocated, then answer (cached briefly). */
+    struct getattr_ctx *g = malloc(sizeof *g);
+    if (g) {
+      *g = (struct getattr_ctx){ req, fs, f, ino };
+      extents_allocated(f->pool, getattr_allocated, g);
+      return;
+    }
+  }
   if (f)
     file_stat(fs, f, ino, &st);
   else if (ino == FUSE_ROOT_ID)
@@ -254,13 +300,6 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   }
   if (size > fsize - (uint64_t)off)
     size = fsize - (uint64_t)off; /* short write up to the end */
-  uint64_t align = f->pool->s.info.min_block;
-  if ((uint64_t)off % align || size % align) {
-    log_info("%s: write at %lld+%zu is not aligned to the server's %llu-byte blocks",
-             f->pool->desc, (long long)off, size, (unsigned long long)align);
-    fuse_reply_err(req, EINVAL);
-    return;
-  }
   struct write_op *w = malloc(sizeof *w);
   if (!w) {
     fuse_reply_err(req, ENOMEM);
@@ -273,7 +312,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   w->req = req;
   w->len = size;
   w->flush_after = sync && !flags;
-  nbd_pool_io(f->pool, &w->op, NBD_CMD_WRITE, flags, (uint64_t)off, size, (void *)buf);
+  blockio_write(f->pool, &w->op, flags, (uint64_t)off, size, buf);
   nbd_op_put(&w->op);
 }
 
@@ -327,6 +366,105 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   (void)ino;
   (void)fi;
   fuse_reply_err(req, 0);
+}
+
+/* ---- fallocate ---- */
+
+struct fallocate_op {
+  struct nbd_op op;
+  fuse_req_t req;
+  struct fs_file *f;
+  fuse_ino_t ino;
+};
+
+static void fallocate_complete(struct nbd_op *op, int err)
+{
+  struct fallocate_op *a = (struct fallocate_op *)op;
+  struct fuse_session *se = fs_of(a->req)->se;
+  fuse_reply_err(a->req, err == EPERM ? EROFS : err);
+  /* st_blocks changed: drop the kernel's cached attributes. */
+  if (!err)
+    fuse_lowlevel_notify_inval_inode(se, a->ino, -1, 0);
+  free(a);
+}
+
+static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
+                         struct fuse_file_info *fi)
+{
+  (void)fi;
+  struct fs_file *f = file_of(fs_of(req), ino);
+  if (!f) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+    fuse_reply_err(req, EOPNOTSUPP);
+    return;
+  }
+  if (f->readonly) {
+    fuse_reply_err(req, EROFS);
+    return;
+  }
+  uint64_t size = nbd_pool_size(f->pool), start = (uint64_t)off, end;
+  if (off < 0 || len <= 0 || __builtin_add_overflow(start, (uint64_t)len, &end)) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  bool keep = mode & FALLOC_FL_KEEP_SIZE;
+  if (end > size) {
+    if (!keep) { /* the export cannot grow */
+      fuse_reply_err(req, ENOSPC);
+      return;
+    }
+    end = size; /* beyond the end there is nothing to change */
+  }
+  if (!(mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) || start >= end) {
+    /* Plain allocation: every byte of an export already exists. */
+    fuse_reply_err(req, 0);
+    return;
+  }
+  struct fallocate_op *a = malloc(sizeof *a);
+  if (!a) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  nbd_op_init(&a->op, fallocate_complete);
+  a->req = req;
+  a->f = f;
+  a->ino = ino;
+  blockio_zero(f->pool, &a->op, start, end - start, mode & FALLOC_FL_PUNCH_HOLE);
+  nbd_op_put(&a->op);
+}
+
+/* ---- lseek (SEEK_DATA / SEEK_HOLE) ---- */
+
+static void lseek_done(void *arg, int err, uint64_t result)
+{
+  fuse_req_t req = arg;
+  if (err)
+    fuse_reply_err(req, err);
+  else
+    fuse_reply_lseek(req, (off_t)result);
+}
+
+static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+                     struct fuse_file_info *fi)
+{
+  (void)fi;
+  struct fs_file *f = file_of(fs_of(req), ino);
+  if (!f) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (whence != SEEK_DATA && whence != SEEK_HOLE) {
+    fuse_reply_err(req, EINVAL);
+    return;
+  }
+  if (off < 0) {
+    fuse_reply_err(req, ENXIO);
+    return;
+  }
+  extents_seek(f->pool, (uint64_t)off, whence == SEEK_DATA, lseek_done, req);
 }
 
 /* ---- directory ---- */
@@ -408,6 +546,8 @@ const struct fuse_lowlevel_ops fs_ops = {
   .write = fs_write,
   .flush = fs_flush,
   .fsync = fs_fsync,
+  .fallocate = fs_fallocate,
+  .lseek = fs_lseek,
   .release = fs_release,
   .opendir = fs_opendir,
   .readdir = fs_readdir,

@@ -211,6 +211,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "nbdfs: bad FUSE options (see above)\n");
     goto out_pool;
   }
+  fs.se = se;
   if (fuse_session_mount(se, target.dir) != 0) {
     fprintf(stderr, "nbdfs: cannot mount on %s (see above)\n", target.dir);
     goto out_session;
