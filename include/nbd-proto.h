@@ -163,6 +163,7 @@ struct nbd_export_info {
   bool have_export;
   bool have_block_size;
   uint32_t min_block, pref_block, max_block;
+  uint32_t max_block_advertised; /* as the server sent it (max_block is capped) */
   char *name;          /* canonical name (INFO_NAME), malloc'd, or NULL */
   char *description;   /* INFO_DESCRIPTION, malloc'd, or NULL */
 };

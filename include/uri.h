@@ -37,4 +37,7 @@ char *nbd_uri_decode(const char *src, size_t len, bool allow_nul, size_t *outlen
 /* Write a URI for display (TCP/vsock host:port or unix socket plus export). */
 void nbd_uri_describe(const struct nbd_uri *u, char *out, size_t outlen);
 
+/* Write the URI of export_name on the same server (as users would type it). */
+void nbd_uri_format(const struct nbd_uri *u, const char *export_name, char *out, size_t outlen);
+
 #endif

@@ -81,6 +81,7 @@ struct nbd_conn {
   atomic_uint inflight;
   atomic_bool dead;             /* no new requests */
   bool swept;                   /* in-flight requests were failed */
+  bool detached;                /* sweep finished: the loop no longer sees us */
   atomic_bool closing;          /* orderly close: EOF is expected */
   char kill_reason[160];
 
@@ -670,6 +671,7 @@ static void sweep(struct nbd_conn *c)
     complete_slot(c, idx, s, EIO);
   }
   pthread_mutex_lock(&c->tab_lock);
+  c->detached = true;
   pthread_cond_broadcast(&c->tab_cond);
   pthread_mutex_unlock(&c->tab_lock);
 }
@@ -752,10 +754,27 @@ void nbd_conn_drain(struct nbd_conn *c, int drain_s)
   pthread_mutex_unlock(&c->tab_lock);
 }
 
+static bool wait_detached(struct nbd_conn *c, int secs)
+{
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += secs;
+  pthread_mutex_lock(&c->tab_lock);
+  while (!c->detached)
+    if (pthread_cond_timedwait(&c->tab_cond, &c->tab_lock, &until) == ETIMEDOUT)
+      break;
+  bool d = c->detached;
+  pthread_mutex_unlock(&c->tab_lock);
+  return d;
+}
+
 void nbd_conn_disconnect(struct nbd_conn *c)
 {
-  if (nbd_conn_dead(c))
+  if (nbd_conn_dead(c)) {
+    if (c->attached && !wait_detached(c, 5))
+      log_warn("%s: connection %d did not close", c->desc, c->index);
     return;
+  }
   atomic_store(&c->closing, true);
   uint8_t hdr[NBD_REQUEST_LEN];
   struct nbd_request rq = { .type = NBD_CMD_DISC };
@@ -777,14 +796,13 @@ void nbd_conn_disconnect(struct nbd_conn *c)
   transport_shutdown(c->t, true);
   if (!c->attached)
     return;
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += 2;
-  pthread_mutex_lock(&c->tab_lock);
-  while (!c->swept)
-    if (pthread_cond_timedwait(&c->tab_cond, &c->tab_lock, &until) == ETIMEDOUT)
-      break;
-  pthread_mutex_unlock(&c->tab_lock);
+  /* The owner loop sees the server hang up and detaches the connection;
+   * a server that lingers is cut off. */
+  if (!wait_detached(c, 2)) {
+    nbd_conn_kill(c, "closed");
+    if (!wait_detached(c, 5))
+      log_warn("%s: connection %d did not close", c->desc, c->index);
+  }
 }
 
 void nbd_conn_free(struct nbd_conn *c)

@@ -8,6 +8,7 @@
 #include "fs.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <stdlib.h>
@@ -19,21 +20,31 @@
 #include "extents.h"
 #include "log.h"
 
-#define FILE_INO_BASE 2
-/* Sizes never change, but allocation (st_blocks) does, also by other
- * clients: attributes are cached for a second. */
+/* Attributes are cached for a second: sizes never change, but
+ * allocation (st_blocks) does, also by other clients. */
 #define ATTR_TIMEOUT 1.0
-#define ENTRY_TIMEOUT 3600.0
+#define ENTRY_TIMEOUT 3600.0   /* single export: the name never goes away */
+#define EXPORT_ENTRY_TIMEOUT 1.0 /* directory mode: exports come and go */
 
 static struct fs *fs_of(fuse_req_t req) { return fuse_req_userdata(req); }
 
-static struct fs_file *file_of(struct fs *fs, fuse_ino_t ino)
+/* The file behind an open handle (its pool is held until release). */
+static struct fs_file *handle_file(struct fuse_file_info *fi)
 {
-  if (fs->naked)
-    return ino == FUSE_ROOT_ID ? &fs->files[0] : NULL;
-  if (ino < FILE_INO_BASE || ino - FILE_INO_BASE >= (fuse_ino_t)fs->nfiles)
-    return NULL;
-  return &fs->files[ino - FILE_INO_BASE];
+  return (struct fs_file *)(uintptr_t)fi->fh;
+}
+
+/* Hold the file's pool if it is open (release with fs_file_release). */
+static struct nbd_pool *hold_pool(struct fs_file *f)
+{
+  struct nbd_pool *p = NULL;
+  pthread_mutex_lock(&f->lock);
+  if (f->pool && !f->closing) {
+    p = f->pool;
+    f->users++;
+  }
+  pthread_mutex_unlock(&f->lock);
+  return p;
 }
 
 static void fill_times(struct fs *fs, struct stat *st)
@@ -43,25 +54,23 @@ static void fill_times(struct fs *fs, struct stat *st)
   st->st_gid = fs->gid;
 }
 
-/* Allocated bytes for st_blocks: what block status last reported, or the
- * whole size when the server cannot tell. */
-static uint64_t allocated_bytes(struct fs_file *f)
-{
-  uint64_t bytes;
-  if (f->pool->s.have_base_alloc && extents_allocated_cached(f->pool, &bytes))
-    return bytes;
-  return nbd_pool_size(f->pool);
-}
-
-static void file_stat(struct fs *fs, struct fs_file *f, fuse_ino_t ino, struct stat *st)
+/* st_blocks: what block status last reported (pool held), or the whole
+ * size when the server cannot tell or the export is not open. */
+static void file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held, struct stat *st)
 {
   memset(st, 0, sizeof *st);
-  st->st_ino = ino;
+  pthread_mutex_lock(&f->lock);
+  uint64_t size = f->info.size;
+  st->st_blksize = (blksize_t)(f->info.pref_block ? f->info.pref_block : 4096);
   st->st_mode = S_IFREG | (f->readonly ? 0444 : 0644);
+  pthread_mutex_unlock(&f->lock);
+  uint64_t alloc = size;
+  if (held && held->s.have_base_alloc && !extents_allocated_cached(held, &alloc))
+    alloc = size;
+  st->st_ino = f->ino;
   st->st_nlink = 1;
-  st->st_size = (off_t)nbd_pool_size(f->pool);
-  st->st_blksize = (blksize_t)f->pool->s.info.pref_block;
-  st->st_blocks = (blkcnt_t)((allocated_bytes(f) + 511) / 512);
+  st->st_size = (off_t)size;
+  st->st_blocks = (blkcnt_t)((alloc + 511) / 512);
   fill_times(fs, st);
 }
 
@@ -93,27 +102,27 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
   struct fs *fs = fs_of(req);
-  if (fs->naked || parent != FUSE_ROOT_ID) {
-    fuse_reply_err(req, ENOENT);
+  struct fs_file *f = fs->mode != FS_NAKED && parent == FUSE_ROOT_ID ? fs_file_by_name(fs, name)
+                                                                     : NULL;
+  if (!f) {
+    fuse_reply_err(req, fs->mode == FS_NAKED ? ENOTDIR : ENOENT);
     return;
   }
-  for (int i = 0; i < fs->nfiles; i++) {
-    if (!strcmp(fs->files[i].name, name)) {
-      struct fuse_entry_param e = { .ino = FILE_INO_BASE + (fuse_ino_t)i,
-                                    .attr_timeout = ATTR_TIMEOUT, .entry_timeout = ENTRY_TIMEOUT };
-      file_stat(fs, &fs->files[i], e.ino, &e.attr);
-      fuse_reply_entry(req, &e);
-      return;
-    }
-  }
-  fuse_reply_err(req, ENOENT);
+  struct fuse_entry_param e = { .ino = f->ino, .attr_timeout = ATTR_TIMEOUT,
+                                .entry_timeout = fs->mode == FS_EXPORTS ? EXPORT_ENTRY_TIMEOUT
+                                                                        : ENTRY_TIMEOUT };
+  struct nbd_pool *p = hold_pool(f);
+  file_stat(fs, f, p, &e.attr);
+  if (p)
+    fs_file_release(fs, f);
+  fuse_reply_entry(req, &e);
 }
 
 struct getattr_ctx {
   fuse_req_t req;
   struct fs *fs;
   struct fs_file *f;
-  fuse_ino_t ino;
+  struct nbd_pool *p;
 };
 
 static void getattr_allocated(void *arg, uint64_t bytes)
@@ -121,7 +130,8 @@ static void getattr_allocated(void *arg, uint64_t bytes)
   (void)bytes; /* now cached: file_stat picks it up */
   struct getattr_ctx *g = arg;
   struct stat st;
-  file_stat(g->fs, g->f, g->ino, &st);
+  file_stat(g->fs, g->f, g->p, &st);
+  fs_file_release(g->fs, g->f);
   fuse_reply_attr(g->req, &st, ATTR_TIMEOUT);
   free(g);
 }
@@ -131,25 +141,30 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   (void)fi;
   struct fs *fs = fs_of(req);
   struct stat st;
-  struct fs_file *f = file_of(fs, ino);
+  struct fs_file *f = fs_file_by_ino(fs, ino);
+  if (!f) {
+    if (ino != FUSE_ROOT_ID) {
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+    dir_stat(fs, &st);
+    fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+    return;
+  }
+  struct nbd_pool *p = hold_pool(f);
   uint64_t bytes;
-  if (f && f->pool->s.have_base_alloc && !extents_allocated_cached(f->pool, &bytes)) {
+  if (p && p->s.have_base_alloc && !extents_allocated_cached(p, &bytes)) {
     /* Ask the server what is allocated, then answer (cached briefly). */
     struct getattr_ctx *g = malloc(sizeof *g);
     if (g) {
-      *g = (struct getattr_ctx){ req, fs, f, ino };
-      extents_allocated(f->pool, getattr_allocated, g);
+      *g = (struct getattr_ctx){ req, fs, f, p };
+      extents_allocated(p, getattr_allocated, g);
       return;
     }
   }
-  if (f)
-    file_stat(fs, f, ino, &st);
-  else if (ino == FUSE_ROOT_ID)
-    dir_stat(fs, &st);
-  else {
-    fuse_reply_err(req, ENOENT);
-    return;
-  }
+  file_stat(fs, f, p, &st);
+  if (p)
+    fs_file_release(fs, f);
   fuse_reply_attr(req, &st, ATTR_TIMEOUT);
 }
 
@@ -158,7 +173,7 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 {
   (void)fi;
   struct fs *fs = fs_of(req);
-  struct fs_file *f = file_of(fs, ino);
+  struct fs_file *f = fs_file_by_ino(fs, ino);
   if (!f) {
     fuse_reply_err(req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
     return;
@@ -167,23 +182,53 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
     fuse_reply_err(req, EPERM);
     return;
   }
-  if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != nbd_pool_size(f->pool)) {
-    /* An NBD export has a fixed size. */
-    log_info("%s: refusing to change the size to %lld bytes (exports have a fixed size)",
-             f->pool->desc, (long long)attr->st_size);
-    fuse_reply_err(req, f->readonly ? EROFS : EPERM);
+  pthread_mutex_lock(&f->lock);
+  uint64_t size = f->info.size;
+  bool ro = f->readonly;
+  pthread_mutex_unlock(&f->lock);
+  if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != size) {
+    log_info("export '%s': refusing to change the size to %lld bytes (exports have a fixed size)",
+             f->name ? f->name : f->export_name, (long long)attr->st_size);
+    fuse_reply_err(req, ro ? EROFS : EPERM);
     return;
   }
   /* Times are not stored anywhere: accept and ignore them (touch works). */
   struct stat st;
-  file_stat(fs, f, ino, &st);
+  struct nbd_pool *p = hold_pool(f);
+  file_stat(fs, f, p, &st);
+  if (p)
+    fs_file_release(fs, f);
   fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
+struct open_ctx {
+  fuse_req_t req;
+  struct fuse_file_info fi;
+  struct fs *fs;
+};
+
+static void open_ready(void *arg, struct fs_file *f, int err)
+{
+  struct open_ctx *o = arg;
+  if (err) {
+    fuse_reply_err(o->req, err);
+  } else if ((o->fi.flags & O_ACCMODE) != O_RDONLY && f->readonly) {
+    fs_file_release(o->fs, f);
+    fuse_reply_err(o->req, EROFS);
+  } else {
+    o->fi.fh = (uintptr_t)f;
+    o->fi.direct_io = o->fs->direct_io;
+    o->fi.keep_cache = 0;
+    if (fuse_reply_open(o->req, &o->fi) != 0) /* interrupted: no release will come */
+      fs_file_release(o->fs, f);
+  }
+  free(o);
 }
 
 static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   struct fs *fs = fs_of(req);
-  struct fs_file *f = file_of(fs, ino);
+  struct fs_file *f = fs_file_by_ino(fs, ino);
   if (!f) {
     fuse_reply_err(req, ino == FUSE_ROOT_ID ? EISDIR : ENOENT);
     return;
@@ -192,9 +237,15 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, EROFS);
     return;
   }
-  fi->direct_io = fs->direct_io;
-  fi->keep_cache = 0;
-  fuse_reply_open(req, fi);
+  struct open_ctx *o = malloc(sizeof *o);
+  if (!o) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  o->req = req;
+  o->fi = *fi;
+  o->fs = fs;
+  fs_file_acquire(fs, f, open_ready, o);
 }
 
 /* ---- read ---- */
@@ -220,12 +271,8 @@ static void read_complete(struct nbd_op *op, int err)
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
-  (void)fi;
-  struct fs_file *f = file_of(fs_of(req), ino);
-  if (!f) {
-    fuse_reply_err(req, EISDIR);
-    return;
-  }
+  (void)ino;
+  struct fs_file *f = handle_file(fi);
   uint64_t fsize = nbd_pool_size(f->pool);
   if ((uint64_t)off >= fsize || size == 0) {
     fuse_reply_buf(req, NULL, 0);
@@ -280,11 +327,8 @@ static void write_complete(struct nbd_op *op, int err)
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
                      struct fuse_file_info *fi)
 {
-  struct fs_file *f = file_of(fs_of(req), ino);
-  if (!f) {
-    fuse_reply_err(req, EISDIR);
-    return;
-  }
+  (void)ino;
+  struct fs_file *f = handle_file(fi);
   if (f->readonly) {
     fuse_reply_err(req, EROFS);
     return;
@@ -330,13 +374,8 @@ static void reply_err_complete(struct nbd_op *op, int err)
   free(r);
 }
 
-static void do_flush(fuse_req_t req, fuse_ino_t ino)
+static void do_flush(fuse_req_t req, struct fs_file *f)
 {
-  struct fs_file *f = file_of(fs_of(req), ino);
-  if (!f) {
-    fuse_reply_err(req, 0);
-    return;
-  }
   struct reply_op *r = malloc(sizeof *r);
   if (!r) {
     fuse_reply_err(req, ENOMEM);
@@ -350,21 +389,21 @@ static void do_flush(fuse_req_t req, fuse_ino_t ino)
 
 static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-  (void)fi;
-  do_flush(req, ino);
+  (void)ino;
+  do_flush(req, handle_file(fi));
 }
 
 static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
+  (void)ino;
   (void)datasync;
-  (void)fi;
-  do_flush(req, ino);
+  do_flush(req, handle_file(fi));
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   (void)ino;
-  (void)fi;
+  fs_file_release(fs_of(req), handle_file(fi));
   fuse_reply_err(req, 0);
 }
 
@@ -391,12 +430,7 @@ static void fallocate_complete(struct nbd_op *op, int err)
 static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
                          struct fuse_file_info *fi)
 {
-  (void)fi;
-  struct fs_file *f = file_of(fs_of(req), ino);
-  if (!f) {
-    fuse_reply_err(req, EISDIR);
-    return;
-  }
+  struct fs_file *f = handle_file(fi);
   if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
     fuse_reply_err(req, EOPNOTSUPP);
     return;
@@ -450,12 +484,8 @@ static void lseek_done(void *arg, int err, uint64_t result)
 static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
                      struct fuse_file_info *fi)
 {
-  (void)fi;
-  struct fs_file *f = file_of(fs_of(req), ino);
-  if (!f) {
-    fuse_reply_err(req, EISDIR);
-    return;
-  }
+  (void)ino;
+  struct fs_file *f = handle_file(fi);
   if (whence != SEEK_DATA && whence != SEEK_HOLE) {
     fuse_reply_err(req, EINVAL);
     return;
@@ -472,11 +502,56 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 static void fs_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   struct fs *fs = fs_of(req);
-  if (fs->naked || ino != FUSE_ROOT_ID) {
+  if (fs->mode == FS_NAKED || ino != FUSE_ROOT_ID) {
     fuse_reply_err(req, ENOTDIR);
     return;
   }
   fuse_reply_open(req, fi);
+}
+
+struct readdir_ctx {
+  fuse_req_t req;
+  struct fs *fs;
+  size_t size;
+  off_t off;
+};
+
+/* Offsets: 1 after ".", 2 after "..", i + 3 after file i of the table
+ * (the table only grows, so offsets stay valid across refreshes). */
+static void readdir_reply(void *arg)
+{
+  struct readdir_ctx *r = arg;
+  struct fs *fs = r->fs;
+  char *buf = malloc(r->size);
+  if (!buf) {
+    fuse_reply_err(r->req, ENOMEM);
+    free(r);
+    return;
+  }
+  size_t used = 0;
+  for (off_t k = r->off; k < 2; k++) {
+    struct stat st = { .st_ino = FUSE_ROOT_ID, .st_mode = S_IFDIR };
+    size_t n = fuse_add_direntry(r->req, buf + used, r->size - used, k == 0 ? "." : "..", &st, k + 1);
+    if (n > r->size - used)
+      goto full;
+    used += n;
+  }
+  pthread_rwlock_rdlock(&fs->files_lock);
+  for (int i = r->off > 2 ? (int)(r->off - 2) : 0; i < fs->nfiles; i++) {
+    struct fs_file *f = fs->files[i];
+    if (f->gone)
+      continue;
+    struct stat st = { .st_ino = f->ino, .st_mode = S_IFREG };
+    size_t n = fuse_add_direntry(r->req, buf + used, r->size - used, f->name, &st, i + 3);
+    if (n > r->size - used)
+      break;
+    used += n;
+  }
+  pthread_rwlock_unlock(&fs->files_lock);
+full:
+  fuse_reply_buf(r->req, buf, used);
+  free(buf);
+  free(r);
 }
 
 static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -484,36 +559,20 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
   (void)fi;
   struct fs *fs = fs_of(req);
-  if (fs->naked || ino != FUSE_ROOT_ID) {
+  if (fs->mode == FS_NAKED || ino != FUSE_ROOT_ID) {
     fuse_reply_err(req, ENOTDIR);
     return;
   }
-  char *buf = malloc(size);
-  if (!buf) {
+  struct readdir_ctx *r = malloc(sizeof *r);
+  if (!r) {
     fuse_reply_err(req, ENOMEM);
     return;
   }
-  size_t used = 0;
-  /* Entry k: 0 ".", 1 "..", 2+i file i.  off is the index of the next entry. */
-  for (off_t k = off; k < fs->nfiles + 2; k++) {
-    struct stat st = { 0 };
-    const char *name;
-    if (k < 2) {
-      name = k == 0 ? "." : "..";
-      st.st_ino = FUSE_ROOT_ID;
-      st.st_mode = S_IFDIR;
-    } else {
-      name = fs->files[k - 2].name;
-      st.st_ino = FILE_INO_BASE + (ino_t)(k - 2);
-      st.st_mode = S_IFREG;
-    }
-    size_t n = fuse_add_direntry(req, buf + used, size - used, name, &st, k + 1);
-    if (n > size - used)
-      break;
-    used += n;
-  }
-  fuse_reply_buf(req, buf, used);
-  free(buf);
+  *r = (struct readdir_ctx){ req, fs, size, off };
+  if (off == 0)
+    fs_refresh(fs, readdir_reply, r); /* a new listing: ask the server again */
+  else
+    readdir_reply(r);
 }
 
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
@@ -523,17 +582,137 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
   struct statvfs sv = { 0 };
   uint64_t total = 0;
   unsigned long bsize = 4096;
-  for (int i = 0; i < fs->nfiles; i++)
-    if (fs->files[i].pool) {
-      total += nbd_pool_size(fs->files[i].pool);
-      bsize = fs->files[i].pool->s.info.pref_block;
-    }
+  int n = 0;
+  pthread_rwlock_rdlock(&fs->files_lock);
+  for (int i = 0; i < fs->nfiles; i++) {
+    struct fs_file *f = fs->files[i];
+    if (f->gone)
+      continue;
+    n++;
+    total += f->info.size;
+    if (f->info.pref_block)
+      bsize = f->info.pref_block;
+  }
+  pthread_rwlock_unlock(&fs->files_lock);
   sv.f_bsize = bsize;
   sv.f_frsize = bsize;
   sv.f_blocks = total / bsize;
-  sv.f_files = (fsfilcnt_t)fs->nfiles + 1;
+  sv.f_files = (fsfilcnt_t)n + 1;
   sv.f_namemax = 255;
   fuse_reply_statfs(req, &sv);
+}
+
+/* ---- extended attributes ---- */
+
+struct xattr_ctx {
+  fuse_req_t req;
+  struct fs *fs;
+  size_t size;
+  char name[64];
+};
+
+static void reply_xattr_value(fuse_req_t req, const char *v, size_t size)
+{
+  size_t len = strlen(v);
+  if (size == 0)
+    fuse_reply_xattr(req, len);
+  else if (size < len)
+    fuse_reply_err(req, ERANGE);
+  else
+    fuse_reply_buf(req, v, len);
+}
+
+static void xattr_ready(void *arg, struct fs_file *f, int err)
+{
+  struct xattr_ctx *x = arg;
+  if (err) {
+    fuse_reply_err(x->req, err);
+  } else {
+    char *v = fs_xattr_get(x->fs, f, x->name);
+    if (v)
+      reply_xattr_value(x->req, v, x->size);
+    else
+      fuse_reply_err(x->req, errno);
+    free(v);
+    fs_file_release(x->fs, f);
+  }
+  free(x);
+}
+
+static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+  struct fs *fs = fs_of(req);
+  struct fs_file *f = fs_file_by_ino(fs, ino);
+  if (!f || strncmp(name, "user.nbd.", 9) || strlen(name) >= sizeof ((struct xattr_ctx *)0)->name) {
+    fuse_reply_err(req, ENODATA);
+    return;
+  }
+  if (strcmp(name, "user.nbd.flags")) {
+    /* Known without a connection. */
+    pthread_mutex_lock(&f->lock);
+    char *v = fs_xattr_get(fs, f, name);
+    int e = errno;
+    pthread_mutex_unlock(&f->lock);
+    if (v)
+      reply_xattr_value(req, v, size);
+    else
+      fuse_reply_err(req, e);
+    free(v);
+    return;
+  }
+  /* Flags include what negotiation found (block status): open the export. */
+  struct xattr_ctx *x = malloc(sizeof *x);
+  if (!x) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  x->req = req;
+  x->fs = fs;
+  x->size = size;
+  strcpy(x->name, name);
+  fs_file_acquire(fs, f, xattr_ready, x);
+}
+
+static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+  struct fs *fs = fs_of(req);
+  if (!fs_file_by_ino(fs, ino)) {
+    if (size == 0)
+      fuse_reply_xattr(req, 0);
+    else
+      fuse_reply_buf(req, NULL, 0);
+    return;
+  }
+  size_t need = fs_xattr_list(NULL, 0);
+  if (size == 0) {
+    fuse_reply_xattr(req, need);
+    return;
+  }
+  if (size < need) {
+    fuse_reply_err(req, ERANGE);
+    return;
+  }
+  char buf[256];
+  fs_xattr_list(buf, sizeof buf);
+  fuse_reply_buf(req, buf, need);
+}
+
+static void fs_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name, const char *value,
+                        size_t size, int flags)
+{
+  (void)ino;
+  (void)name;
+  (void)value;
+  (void)size;
+  (void)flags;
+  fuse_reply_err(req, ENOTSUP);
+}
+
+static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+  (void)ino;
+  (void)name;
+  fuse_reply_err(req, ENOTSUP);
 }
 
 const struct fuse_lowlevel_ops fs_ops = {
@@ -552,4 +731,8 @@ const struct fuse_lowlevel_ops fs_ops = {
   .opendir = fs_opendir,
   .readdir = fs_readdir,
   .statfs = fs_statfs,
+  .getxattr = fs_getxattr,
+  .listxattr = fs_listxattr,
+  .setxattr = fs_setxattr,
+  .removexattr = fs_removexattr,
 };

@@ -368,6 +368,7 @@ static int validate(struct hs *h, struct nbd_session *s)
     i->pref_block = 4096;
     i->max_block = NBD_MAX_PAYLOAD;
   }
+  i->max_block_advertised = i->max_block;
   if (i->max_block > NBD_MAX_PAYLOAD)
     i->max_block = NBD_MAX_PAYLOAD;
   if (i->size % i->min_block) {

@@ -155,8 +155,22 @@ int main(int argc, char **argv)
   }
 
   struct mount_target target = { 0 };
-  if (resolve_mountpoint(opt.mountpoint, uri.export_name, &target) < 0)
+  if (opt.exports) {
+    if (uri.export_name[0]) {
+      fprintf(stderr, "nbdfs: --exports mounts a whole server: the URI must not name an export ('%s')\n",
+              uri.export_name);
+      return 2;
+    }
+    struct stat st;
+    char abs[PATH_MAX];
+    if (stat(opt.mountpoint, &st) < 0 || !S_ISDIR(st.st_mode) || !realpath(opt.mountpoint, abs)) {
+      fprintf(stderr, "nbdfs: --exports needs an existing directory, not '%s'\n", opt.mountpoint);
+      return 1;
+    }
+    target.dir = strdup(abs);
+  } else if (resolve_mountpoint(opt.mountpoint, uri.export_name, &target) < 0) {
     return 1;
+  }
   char pidabs[PATH_MAX];
   if (opt.pidfile) {
     /* fuse_daemonize changes to /, so keep an absolute path. */
@@ -171,26 +185,47 @@ int main(int argc, char **argv)
     }
   }
 
-  /* Connect before mounting, so a bad server leaves nothing mounted. */
-  struct nbd_pool *pool;
-  struct nbd_pool_opts po = { .uri = &uri, .export_name = uri.export_name,
-                              .connections = opt.connections, .timeout_s = opt.timeout_s,
-                              .connect_timeout_s = opt.connect_timeout_s };
-  if (nbd_pool_open(&pool, &po, err, sizeof err) < 0) {
-    fprintf(stderr, "nbdfs: %s\n", err);
-    return 1;
-  }
-  bool server_ro = nbd_pool_flags(pool) & NBD_FLAG_READ_ONLY;
-  log_info("%s: %llu bytes, %d connection%s, block sizes %u/%u/%u%s%s", pool->desc,
-           (unsigned long long)nbd_pool_size(pool), pool->n, pool->n == 1 ? "" : "s",
-           pool->s.info.min_block, pool->s.info.pref_block, pool->s.info.max_block,
-           pool->s.structured ? ", structured replies" : "", server_ro ? ", read-only" : "");
-
-  struct fs_file file = { .name = target.file_name, .export_name = uri.export_name,
-                          .pool = pool, .readonly = opt.readonly || server_ro };
-  struct fs fs = { .files = &file, .nfiles = 1, .naked = target.file_name == NULL,
-                   .direct_io = opt.direct_io, .uid = getuid(), .gid = getgid() };
+  struct fs fs = { .direct_io = opt.direct_io, .readonly = opt.readonly, .uid = getuid(),
+                   .gid = getgid(), .uri = &uri,
+                   .pool_opts = { .uri = &uri, .connections = opt.connections,
+                                  .timeout_s = opt.timeout_s,
+                                  .connect_timeout_s = opt.connect_timeout_s } };
+  fs_init_table(&fs);
   clock_gettime(CLOCK_REALTIME, &fs.mount_time);
+  const char *what;
+  /* Talk to the server before mounting, so a bad one leaves nothing mounted. */
+  if (opt.exports) {
+    fs.mode = FS_EXPORTS;
+    if (fs_list_exports(&fs, err, sizeof err) < 0) {
+      fprintf(stderr, "nbdfs: %s\n", err);
+      fs_free(&fs);
+      return 1;
+    }
+    what = "exports of the server";
+  } else {
+    struct nbd_pool *pool;
+    fs.pool_opts.export_name = uri.export_name;
+    if (nbd_pool_open(&pool, &fs.pool_opts, err, sizeof err) < 0) {
+      fprintf(stderr, "nbdfs: %s\n", err);
+      fs_free(&fs);
+      return 1;
+    }
+    log_info("%s: %llu bytes, %d connection%s, block sizes %u/%u/%u%s", pool->desc,
+             (unsigned long long)nbd_pool_size(pool), pool->n, pool->n == 1 ? "" : "s",
+             pool->s.info.min_block, pool->s.info.pref_block, pool->s.info.max_block,
+             pool->s.structured ? ", structured replies" : "");
+    fs.mode = target.file_name ? FS_SINGLE : FS_NAKED;
+    struct fs_file *f = fs_add_file(&fs, target.file_name, uri.export_name);
+    if (!f) {
+      fprintf(stderr, "nbdfs: out of memory\n");
+      nbd_pool_shutdown(pool);
+      nbd_pool_free(pool);
+      fs_free(&fs);
+      return 1;
+    }
+    fs_file_set_pool(&fs, f, pool);
+    what = pool->desc;
+  }
 
   /* FUSE arguments: program name, our defaults, then the user's -o. */
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
@@ -203,13 +238,13 @@ int main(int argc, char **argv)
   }
   int rc = 1;
   int nloops = 0, endfd = -1;
-  bool pool_down = false;
+  bool fs_down = false;
   struct nbd_loop **loops = calloc((size_t)opt.threads, sizeof *loops);
   struct fuse_source *fsrcs = calloc((size_t)opt.threads, sizeof *fsrcs);
   struct fuse_session *se = fuse_session_new(&args, &fs_ops, sizeof fs_ops, &fs);
   if (!se) {
     fprintf(stderr, "nbdfs: bad FUSE options (see above)\n");
-    goto out_pool;
+    goto out_fs;
   }
   fs.se = se;
   if (fuse_session_mount(se, target.dir) != 0) {
@@ -226,18 +261,25 @@ int main(int argc, char **argv)
   /* Signals are read from a signalfd by this thread; workers block them. */
   sigset_t sigs;
   sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGHUP);
-  sigaddset(&sigs, SIGQUIT);
+  int stop_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
+  for (unsigned i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++)
+    sigaddset(&sigs, stop_signals[i]);
   pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+  /* A shell starts background jobs with SIGINT ignored, and an ignored
+   * signal never reaches a signalfd: restore the default (now blocked). */
+  for (unsigned i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++)
+    signal(stop_signals[i], SIG_DFL);
   endfd = eventfd(0, EFD_CLOEXEC);
   int ffd = fuse_session_fd(se);
   fcntl(ffd, F_SETFL, fcntl(ffd, F_GETFL) | O_NONBLOCK);
   for (; loops && fsrcs && nloops < opt.threads; nloops++)
     if (!(loops[nloops] = loop_new(nloops, opt.timeout_s && opt.timeout_s < 4 ? 250 : 1000)))
       break;
-  if (endfd < 0 || nloops < opt.threads || nbd_pool_attach(pool, loops, nloops) < 0) {
+  fs.loops = loops;
+  fs.nloops = nloops;
+  if (endfd < 0 || nloops < opt.threads ||
+      (fs.mode != FS_EXPORTS && nbd_pool_attach(fs.files[0]->pool, loops, nloops) < 0) ||
+      fs_start(&fs) < 0) {
     log_error("cannot start worker threads");
     goto out_stop;
   }
@@ -250,7 +292,7 @@ int main(int argc, char **argv)
       goto out_stop;
     }
   }
-  log_info("mounted %s on %s%s%s", pool->desc, target.dir, target.file_name ? "/" : "",
+  log_info("mounted %s on %s%s%s", what, target.dir, target.file_name ? "/" : "",
            target.file_name ? target.file_name : "");
 
   wait_for_end(endfd);
@@ -262,8 +304,8 @@ out_stop:
   fuse_session_exit(se);
   for (int i = 0; i < nloops; i++)
     loop_remove(&fsrcs[i].src);
-  nbd_pool_shutdown(pool);
-  pool_down = true;
+  fs_shutdown(&fs);
+  fs_down = true;
   for (int i = 0; i < nloops; i++)
     loop_free(loops[i]);
   for (int i = 0; i < nloops; i++)
@@ -272,10 +314,10 @@ out_unmount:
   fuse_session_unmount(se);
 out_session:
   fuse_session_destroy(se);
-out_pool:
-  if (!pool_down)
-    nbd_pool_shutdown(pool);
-  nbd_pool_free(pool);
+out_fs:
+  if (!fs_down)
+    fs_shutdown(&fs);
+  fs_free(&fs);
   free(loops);
   free(fsrcs);
   if (endfd >= 0)

@@ -14,7 +14,9 @@ static void usage(FILE *out)
 {
   fprintf(out,
 "Usage: nbdfs [OPTIONS] URI MOUNTPOINT\n"
-"Mount a Network Block Device export as a file, without root.\n"
+"       nbdfs --exports [OPTIONS] URI DIRECTORY\n"
+"Mount a Network Block Device export as a file, or every export of a\n"
+"server as the files of a directory, without root.\n"
 "\n"
 "URI:  nbd://HOST[:PORT][/EXPORT]   nbd+unix:///[EXPORT]?socket=PATH\n"
 "      nbd+vsock://CID[:PORT][/EXPORT]\n"
@@ -23,6 +25,7 @@ static void usage(FILE *out)
 "      existing regular file, which the export is mounted over.\n"
 "\n"
 "Options:\n"
+"      --exports         mount the whole server: one file per export\n"
 "  -C, --connections N   connections when the server allows multi-conn (default 4)\n"
 "  -r, --readonly        read-only (automatic for read-only exports)\n"
 "  -f, --foreground      stay in the foreground (default: detach once mounted)\n"
@@ -68,6 +71,7 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
     { "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
     { "direct-io", no_argument, NULL, OPT_DIRECT_IO },
     { "threads", required_argument, NULL, OPT_THREADS },
+    { "exports", no_argument, NULL, OPT_EXPORTS },
     { NULL, 0, NULL, 0 },
   };
   memset(o, 0, sizeof *o);
@@ -106,6 +110,7 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
         return -1;
       break;
     case OPT_DIRECT_IO: o->direct_io = true; break;
+    case OPT_EXPORTS: o->exports = true; break;
     case OPT_THREADS:
       if (parse_int(optarg, 1, 16, "--threads", &o->threads) < 0)
         return -1;

@@ -283,3 +283,46 @@ void nbd_uri_describe(const struct nbd_uri *u, char *out, size_t outlen)
     break;
   }
 }
+
+/* Percent-encode s for a URI path or query value (keeping '/'). */
+static size_t encode(char *out, size_t outlen, const char *s)
+{
+  size_t o = 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    bool plain = isalnum(*p) || strchr("-._~/!$'()*,;:@", *p);
+    if (o + 4 >= outlen)
+      break;
+    if (plain)
+      out[o++] = (char)*p;
+    else
+      o += (size_t)snprintf(out + o, outlen - o, "%%%02X", *p);
+  }
+  if (o < outlen)
+    out[o] = '\0';
+  return o;
+}
+
+void nbd_uri_format(const struct nbd_uri *u, const char *export_name, char *out, size_t outlen)
+{
+  static const char *const suffix[] = { "", "+unix", "+vsock" };
+  char name[3 * 4096 + 1], user[256] = "", host[300] = "";
+  encode(name, sizeof name, export_name);
+  if (u->user) {
+    encode(user, sizeof user - 1, u->user);
+    strcat(user, "@");
+  }
+  if (u->transport != NBD_TRANSPORT_UNIX)
+    snprintf(host, sizeof host, strchr(u->host, ':') ? "[%s]:%s" : "%s:%s", u->host, u->port);
+  int n = snprintf(out, outlen, "nbd%s%s://%s%s/%s", u->tls ? "s" : "", suffix[u->transport], user,
+                   host, name);
+  if (u->transport == NBD_TRANSPORT_UNIX && n > 0 && (size_t)n < outlen) {
+    char sock[3 * 108 + 8];
+    if (u->socket[0])
+      encode(sock, sizeof sock, u->socket);
+    else { /* abstract socket: leading NUL */
+      strcpy(sock, "%00");
+      encode(sock + 3, sizeof sock - 3, u->socket + 1);
+    }
+    snprintf(out + n, outlen - (size_t)n, "?socket=%s", sock);
+  }
+}

@@ -1,0 +1,534 @@
+/* exports.c: the files of the mount and their connection pools.
+ *
+ * In directory mode a pool is opened when its file is first used and
+ * closed some seconds after its last user went away.  Everything that
+ * talks to the server synchronously (listing, opening, closing) runs on a
+ * housekeeping thread, never on a worker loop.
+ */
+#define FUSE_USE_VERSION 34
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fs.h"
+#include "log.h"
+#include "names.h"
+
+#define IDLE_CLOSE_MS 10000   /* close a pool this long after its last user */
+#define REFRESH_MIN_MS 1000   /* list the server's exports at most this often */
+
+struct open_waiter {
+  fs_ready_fn cb;
+  void *arg;
+  struct open_waiter *next;
+};
+
+enum hk_kind { HK_OPEN, HK_REFRESH };
+
+struct hk_job {
+  enum hk_kind kind;
+  struct fs_file *f;
+  fs_refreshed_fn cb;
+  void *arg;
+  struct hk_job *next;
+};
+
+static uint64_t now_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int fs_init_table(struct fs *fs)
+{
+  pthread_rwlock_init(&fs->files_lock, NULL);
+  pthread_mutex_init(&fs->hk_lock, NULL);
+  pthread_cond_init(&fs->hk_cond, NULL);
+  return 0;
+}
+
+struct fs_file *fs_add_file(struct fs *fs, const char *file_name, const char *export_name)
+{
+  struct fs_file *f = calloc(1, sizeof *f);
+  if (!f)
+    return NULL;
+  f->name = file_name ? strdup(file_name) : NULL;
+  f->export_name = strdup(export_name);
+  pthread_mutex_init(&f->lock, NULL);
+  f->readonly = fs->readonly;
+  pthread_rwlock_wrlock(&fs->files_lock);
+  if (fs->nfiles == fs->cap) {
+    int cap = fs->cap ? fs->cap * 2 : 16;
+    struct fs_file **nf = realloc(fs->files, (size_t)cap * sizeof *nf);
+    if (!nf) {
+      pthread_rwlock_unlock(&fs->files_lock);
+      free(f->name);
+      free(f->export_name);
+      free(f);
+      return NULL;
+    }
+    fs->files = nf;
+    fs->cap = cap;
+  }
+  /* Inode 1 is the directory, except when the file is the mount itself. */
+  f->ino = fs->mode == FS_NAKED ? FUSE_ROOT_ID : (uint64_t)fs->nfiles + 2;
+  fs->files[fs->nfiles++] = f;
+  pthread_rwlock_unlock(&fs->files_lock);
+  return f;
+}
+
+struct fs_file *fs_file_by_ino(struct fs *fs, uint64_t ino)
+{
+  struct fs_file *f = NULL;
+  pthread_rwlock_rdlock(&fs->files_lock);
+  if (fs->mode == FS_NAKED) {
+    if (ino == FUSE_ROOT_ID && fs->nfiles)
+      f = fs->files[0];
+  } else if (ino >= 2 && ino - 2 < (uint64_t)fs->nfiles) {
+    f = fs->files[ino - 2];
+  }
+  pthread_rwlock_unlock(&fs->files_lock);
+  return f;
+}
+
+struct fs_file *fs_file_by_name(struct fs *fs, const char *name)
+{
+  struct fs_file *f = NULL;
+  pthread_rwlock_rdlock(&fs->files_lock);
+  for (int i = 0; i < fs->nfiles && !f; i++)
+    if (!fs->files[i]->gone && fs->files[i]->name && !strcmp(fs->files[i]->name, name))
+      f = fs->files[i];
+  pthread_rwlock_unlock(&fs->files_lock);
+  return f;
+}
+
+static struct fs_file *find_export(struct fs *fs, const char *export_name)
+{
+  struct fs_file *f = NULL;
+  pthread_rwlock_rdlock(&fs->files_lock);
+  for (int i = 0; i < fs->nfiles && !f; i++)
+    if (!strcmp(fs->files[i]->export_name, export_name))
+      f = fs->files[i];
+  pthread_rwlock_unlock(&fs->files_lock);
+  return f;
+}
+
+/* Learn an export's details the way opening it would (NBD_OPT_GO), for
+ * servers whose NBD_OPT_INFO is missing or wrong (nbd-server 3.24 reports
+ * size 0 there). */
+static int probe_export(struct fs *fs, const char *export_name, struct nbd_export_info *info)
+{
+  char err[256];
+  struct transport *t = transport_connect(fs->uri, fs->pool_opts.connect_timeout_s, err, sizeof err);
+  if (!t)
+    return -ECONNREFUSED;
+  struct nbd_hs_opts o = { .export_name = export_name, .timeout_s = fs->pool_opts.connect_timeout_s };
+  struct nbd_session s;
+  int r = nbd_negotiate(t, &o, &s, err, sizeof err);
+  if (r < 0) {
+    transport_destroy(t);
+    return r;
+  }
+  struct nbd_conn *c = nbd_conn_new(t, &s, "probe", 0, 0);
+  if (c)
+    nbd_conn_close(c, 0); /* sends NBD_CMD_DISC */
+  else
+    transport_destroy(t);
+  nbd_export_info_free(info);
+  *info = s.info;
+  s.info.name = s.info.description = NULL;
+  nbd_session_free(&s);
+  return 0;
+}
+
+static void set_info(struct fs *fs, struct fs_file *f, struct nbd_export_info *info)
+{
+  nbd_export_info_free(&f->info);
+  f->info = *info;
+  memset(info, 0, sizeof *info);
+  f->have_info = true;
+  f->readonly = fs->readonly || (f->info.tflags & NBD_FLAG_READ_ONLY);
+}
+
+void fs_file_set_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p)
+{
+  struct nbd_export_info info = p->s.info;
+  info.name = NULL;
+  info.description = p->s.info.description ? strdup(p->s.info.description) : NULL;
+  pthread_mutex_lock(&f->lock);
+  f->pool = p;
+  f->permanent = true;
+  set_info(fs, f, &info);
+  pthread_mutex_unlock(&f->lock);
+}
+
+int fs_list_exports(struct fs *fs, char *err, size_t errlen)
+{
+  char why[512], where[256];
+  nbd_uri_describe(fs->uri, where, sizeof where);
+  struct transport *t = transport_connect(fs->uri, fs->pool_opts.connect_timeout_s, why, sizeof why);
+  if (!t) {
+    snprintf(err, errlen, "%s", why);
+    return -ECONNREFUSED;
+  }
+  struct nbd_hs_opts o = { .export_name = "", .timeout_s = fs->pool_opts.connect_timeout_s };
+  struct nbd_listed_export *list;
+  struct nbd_export_info *infos;
+  int n = nbd_list_exports(t, &o, &list, &infos, why, sizeof why);
+  transport_destroy(t);
+  if (n < 0) {
+    if (n == -EACCES || n == -ENOTSUP)
+      snprintf(err, errlen, "%s: cannot list exports: %s%s", where, why,
+               n == -EACCES ? " (nbd-server lists exports only with 'allowlist = true')" : "");
+    else
+      snprintf(err, errlen, "%s: cannot list exports: %s", where, why);
+    return n;
+  }
+  /* Mark everything gone, then revive what the server still lists. */
+  pthread_rwlock_rdlock(&fs->files_lock);
+  bool *seen = calloc((size_t)fs->nfiles + (size_t)n + 1, sizeof *seen);
+  int before = fs->nfiles;
+  pthread_rwlock_unlock(&fs->files_lock);
+  if (!seen) {
+    nbd_listed_exports_free(list, infos, n);
+    snprintf(err, errlen, "out of memory");
+    return -ENOMEM;
+  }
+  for (int i = 0; i < n; i++) {
+    struct fs_file *f = find_export(fs, list[i].name);
+    if (!f) {
+      char *fname = name_from_export(list[i].name, "default");
+      f = fname ? fs_add_file(fs, fname, list[i].name) : NULL;
+      free(fname);
+      if (!f)
+        continue;
+    }
+    if (f->ino - 2 < (uint64_t)before)
+      seen[f->ino - 2] = true;
+    pthread_mutex_lock(&f->lock);
+    f->gone = false;
+    bool open = f->pool != NULL;
+    bool known = f->have_info && f->info.size != 0;
+    pthread_mutex_unlock(&f->lock);
+    if (open)
+      continue; /* the pool's own negotiation is authoritative */
+    struct nbd_export_info info = { 0 };
+    bool have = infos && infos[i].have_export;
+    if (have) {
+      info = infos[i];
+      memset(&infos[i], 0, sizeof infos[i]);
+    }
+    if (!have || info.size == 0) {
+      if (known) { /* probed before: keep it */
+        nbd_export_info_free(&info);
+        continue;
+      }
+      int r = probe_export(fs, list[i].name, &info);
+      if (r < 0 && !have)
+        continue; /* size unknown until opened */
+    }
+    if (!info.have_block_size) {
+      info.min_block = 1;
+      info.pref_block = 4096;
+      info.max_block = NBD_MAX_PAYLOAD;
+    }
+    if (!info.description && list[i].description && list[i].description[0])
+      info.description = strdup(list[i].description);
+    pthread_mutex_lock(&f->lock);
+    set_info(fs, f, &info);
+    pthread_mutex_unlock(&f->lock);
+    nbd_export_info_free(&info);
+  }
+  for (int i = 0; i < before; i++) {
+    if (seen[i])
+      continue;
+    pthread_rwlock_rdlock(&fs->files_lock);
+    struct fs_file *f = fs->files[i];
+    pthread_rwlock_unlock(&fs->files_lock);
+    pthread_mutex_lock(&f->lock);
+    if (!f->gone)
+      log_info("export '%s' is no longer listed by the server", f->name);
+    f->gone = true;
+    pthread_mutex_unlock(&f->lock);
+  }
+  free(seen);
+  nbd_listed_exports_free(list, infos, n);
+  fs->last_list_ms = now_ms();
+  return 0;
+}
+
+/* ---- housekeeping ---- */
+
+static void queue_job(struct fs *fs, struct hk_job *j)
+{
+  pthread_mutex_lock(&fs->hk_lock);
+  struct hk_job **pp = &fs->hk_jobs;
+  while (*pp)
+    pp = &(*pp)->next;
+  *pp = j;
+  pthread_cond_signal(&fs->hk_cond);
+  pthread_mutex_unlock(&fs->hk_lock);
+}
+
+static void run_waiters(struct fs_file *f, struct open_waiter *w, int err)
+{
+  while (w) {
+    struct open_waiter *next = w->next;
+    w->cb(w->arg, f, err);
+    free(w);
+    w = next;
+  }
+}
+
+static void do_open(struct fs *fs, struct fs_file *f)
+{
+  struct nbd_pool_opts o = fs->pool_opts;
+  o.export_name = f->export_name;
+  char err[768];
+  struct nbd_pool *p = NULL;
+  int r = nbd_pool_open(&p, &o, err, sizeof err);
+  if (r == 0 && nbd_pool_attach(p, fs->loops, fs->nloops) < 0) {
+    snprintf(err, sizeof err, "%s: cannot attach connections to workers", p->desc);
+    nbd_pool_shutdown(p);
+    nbd_pool_free(p);
+    r = -EIO;
+  }
+  if (r < 0)
+    log_error("opening %s", err);
+  pthread_mutex_lock(&f->lock);
+  struct open_waiter *w = f->waiters;
+  int n = 0;
+  for (struct open_waiter *x = w; x; x = x->next)
+    n++;
+  f->waiters = NULL;
+  f->opening = false;
+  if (r == 0) {
+    f->pool = p;
+    struct nbd_export_info info = p->s.info;
+    info.name = info.description = NULL;
+    if (p->s.info.description)
+      info.description = strdup(p->s.info.description);
+    set_info(fs, f, &info);
+  } else {
+    f->users -= n; /* the waiters get an error and hold nothing */
+    if (f->users == 0)
+      f->idle_since_ms = now_ms();
+  }
+  pthread_mutex_unlock(&f->lock);
+  int e = r == -ENOENT ? ENOENT : r == -EACCES ? EACCES : EIO;
+  run_waiters(f, w, r == 0 ? 0 : e);
+}
+
+/* Close pools nobody has used for a while. */
+static void close_idle(struct fs *fs)
+{
+  uint64_t now = now_ms();
+  pthread_rwlock_rdlock(&fs->files_lock);
+  int n = fs->nfiles;
+  pthread_rwlock_unlock(&fs->files_lock);
+  for (int i = 0; i < n; i++) {
+    pthread_rwlock_rdlock(&fs->files_lock);
+    struct fs_file *f = fs->files[i];
+    pthread_rwlock_unlock(&fs->files_lock);
+    pthread_mutex_lock(&f->lock);
+    struct nbd_pool *p = NULL;
+    if (f->pool && !f->permanent && f->users == 0 && now - f->idle_since_ms >= IDLE_CLOSE_MS) {
+      p = f->pool;
+      f->pool = NULL;
+      f->closing = true;
+    }
+    pthread_mutex_unlock(&f->lock);
+    if (!p)
+      continue;
+    log_info("%s: idle, disconnecting", p->desc);
+    nbd_pool_shutdown(p);
+    nbd_pool_free(p);
+    pthread_mutex_lock(&f->lock);
+    f->closing = false;
+    bool reopen = f->waiters && !f->opening;
+    if (reopen)
+      f->opening = true;
+    pthread_mutex_unlock(&f->lock);
+    if (reopen) {
+      struct hk_job *j = calloc(1, sizeof *j);
+      if (j) {
+        j->kind = HK_OPEN;
+        j->f = f;
+        queue_job(fs, j);
+      }
+    }
+  }
+}
+
+static void *hk_main(void *arg)
+{
+  struct fs *fs = arg;
+  pthread_mutex_lock(&fs->hk_lock);
+  while (!fs->hk_stop) {
+    struct hk_job *j = fs->hk_jobs;
+    if (j) {
+      fs->hk_jobs = j->next;
+      pthread_mutex_unlock(&fs->hk_lock);
+      if (j->kind == HK_OPEN) {
+        do_open(fs, j->f);
+      } else {
+        if (now_ms() - fs->last_list_ms >= REFRESH_MIN_MS) {
+          char err[768];
+          if (fs_list_exports(fs, err, sizeof err) < 0)
+            log_warn("refreshing the export list: %s", err);
+        }
+        j->cb(j->arg);
+      }
+      free(j);
+      pthread_mutex_lock(&fs->hk_lock);
+      continue;
+    }
+    pthread_mutex_unlock(&fs->hk_lock);
+    close_idle(fs);
+    pthread_mutex_lock(&fs->hk_lock);
+    if (fs->hk_stop || fs->hk_jobs)
+      continue;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 1;
+    pthread_cond_timedwait(&fs->hk_cond, &fs->hk_lock, &until);
+  }
+  pthread_mutex_unlock(&fs->hk_lock);
+  return NULL;
+}
+
+int fs_start(struct fs *fs)
+{
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  int r = pthread_create(&fs->hk_thread, NULL, hk_main, fs);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (r)
+    return -r;
+  fs->hk_running = true;
+  return 0;
+}
+
+void fs_shutdown(struct fs *fs)
+{
+  if (fs->hk_running) {
+    pthread_mutex_lock(&fs->hk_lock);
+    fs->hk_stop = true;
+    pthread_cond_signal(&fs->hk_cond);
+    pthread_mutex_unlock(&fs->hk_lock);
+    pthread_join(fs->hk_thread, NULL);
+    fs->hk_running = false;
+  }
+  /* Jobs that never ran: their waiters get an error. */
+  while (fs->hk_jobs) {
+    struct hk_job *j = fs->hk_jobs;
+    fs->hk_jobs = j->next;
+    if (j->kind == HK_REFRESH)
+      j->cb(j->arg);
+    else {
+      pthread_mutex_lock(&j->f->lock);
+      struct open_waiter *w = j->f->waiters;
+      j->f->waiters = NULL;
+      j->f->opening = false;
+      pthread_mutex_unlock(&j->f->lock);
+      run_waiters(j->f, w, EIO);
+    }
+    free(j);
+  }
+  for (int i = 0; i < fs->nfiles; i++)
+    if (fs->files[i]->pool)
+      nbd_pool_shutdown(fs->files[i]->pool);
+}
+
+void fs_free(struct fs *fs)
+{
+  for (int i = 0; i < fs->nfiles; i++) {
+    struct fs_file *f = fs->files[i];
+    nbd_pool_free(f->pool);
+    nbd_export_info_free(&f->info);
+    pthread_mutex_destroy(&f->lock);
+    free(f->name);
+    free(f->export_name);
+    free(f);
+  }
+  free(fs->files);
+  fs->files = NULL;
+  fs->nfiles = 0;
+  pthread_rwlock_destroy(&fs->files_lock);
+  pthread_mutex_destroy(&fs->hk_lock);
+  pthread_cond_destroy(&fs->hk_cond);
+}
+
+void fs_file_acquire(struct fs *fs, struct fs_file *f, fs_ready_fn cb, void *arg)
+{
+  pthread_mutex_lock(&f->lock);
+  f->users++;
+  if (f->pool && !f->closing) {
+    pthread_mutex_unlock(&f->lock);
+    cb(arg, f, 0);
+    return;
+  }
+  struct open_waiter *w = malloc(sizeof *w);
+  if (!w) {
+    f->users--;
+    pthread_mutex_unlock(&f->lock);
+    cb(arg, f, ENOMEM);
+    return;
+  }
+  w->cb = cb;
+  w->arg = arg;
+  w->next = f->waiters;
+  f->waiters = w;
+  bool start = !f->opening && !f->closing;
+  if (start)
+    f->opening = true;
+  pthread_mutex_unlock(&f->lock);
+  if (start) {
+    struct hk_job *j = calloc(1, sizeof *j);
+    if (!j) { /* leave it to the next acquirer; fail this one */
+      pthread_mutex_lock(&f->lock);
+      f->opening = false;
+      f->waiters = w->next;
+      f->users--;
+      pthread_mutex_unlock(&f->lock);
+      free(w);
+      cb(arg, f, ENOMEM);
+      return;
+    }
+    j->kind = HK_OPEN;
+    j->f = f;
+    queue_job(fs, j);
+  }
+}
+
+void fs_file_release(struct fs *fs, struct fs_file *f)
+{
+  (void)fs;
+  pthread_mutex_lock(&f->lock);
+  if (--f->users == 0)
+    f->idle_since_ms = now_ms();
+  pthread_mutex_unlock(&f->lock);
+}
+
+void fs_refresh(struct fs *fs, fs_refreshed_fn cb, void *arg)
+{
+  if (fs->mode != FS_EXPORTS || now_ms() - fs->last_list_ms < REFRESH_MIN_MS || !fs->hk_running) {
+    cb(arg);
+    return;
+  }
+  struct hk_job *j = calloc(1, sizeof *j);
+  if (!j) {
+    cb(arg);
+    return;
+  }
+  j->kind = HK_REFRESH;
+  j->cb = cb;
+  j->arg = arg;
+  queue_job(fs, j);
+}
