@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "nbd-proto.h"
+#include "tls.h"
 #include "transport.h"
 
 struct nbd_hs_opts {
@@ -15,6 +16,8 @@ struct nbd_hs_opts {
   bool structured;           /* ask for structured replies */
   bool block_status;         /* ask for base:allocation (needs structured) */
   int timeout_s;             /* bound on the whole handshake, 0: none */
+  enum tls_mode tls_mode;    /* off, on (if offered) or require */
+  struct tls_creds *tls;     /* credentials when tls_mode is not off */
 };
 
 /* What a successful negotiation produced. */
@@ -26,6 +29,7 @@ struct nbd_session {
   bool used_go;                 /* false: NBD_OPT_EXPORT_NAME fallback */
   bool have_base_alloc;
   uint32_t base_alloc_id;
+  bool tls;                     /* the session runs over TLS */
 };
 
 /* Negotiate the export named in o and enter transmission.  Returns 0, or a

@@ -4,6 +4,8 @@
 
 #include <stdbool.h>
 
+#include "tls.h"
+
 struct nbdfs_options {
   const char *uri;
   const char *mountpoint;
@@ -18,6 +20,7 @@ struct nbdfs_options {
   bool direct_io;         /* --direct-io */
   int threads;            /* --threads: worker loops */
   bool exports;           /* --exports: whole server as a directory */
+  struct tls_options tls; /* --tls and friends */
 };
 
 /* Parse argv.  Returns 0 to run, 1 when done (help/version printed), or -1

@@ -20,6 +20,8 @@ struct nbd_pool_opts {
   int connections;       /* wanted; used only when the server allows multi-conn */
   int timeout_s;         /* per-request timeout, 0: none */
   int connect_timeout_s; /* connect + handshake bound */
+  enum tls_mode tls_mode;
+  struct tls_creds *tls;
 };
 
 struct nbd_pool {

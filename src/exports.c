@@ -127,7 +127,8 @@ static int probe_export(struct fs *fs, const char *export_name, struct nbd_expor
   struct transport *t = transport_connect(fs->uri, fs->pool_opts.connect_timeout_s, err, sizeof err);
   if (!t)
     return -ECONNREFUSED;
-  struct nbd_hs_opts o = { .export_name = export_name, .timeout_s = fs->pool_opts.connect_timeout_s };
+  struct nbd_hs_opts o = { .export_name = export_name, .timeout_s = fs->pool_opts.connect_timeout_s,
+                           .tls_mode = fs->pool_opts.tls_mode, .tls = fs->pool_opts.tls };
   struct nbd_session s;
   int r = nbd_negotiate(t, &o, &s, err, sizeof err);
   if (r < 0) {
@@ -176,7 +177,8 @@ int fs_list_exports(struct fs *fs, char *err, size_t errlen)
     snprintf(err, errlen, "%s", why);
     return -ECONNREFUSED;
   }
-  struct nbd_hs_opts o = { .export_name = "", .timeout_s = fs->pool_opts.connect_timeout_s };
+  struct nbd_hs_opts o = { .export_name = "", .timeout_s = fs->pool_opts.connect_timeout_s,
+                           .tls_mode = fs->pool_opts.tls_mode, .tls = fs->pool_opts.tls };
   struct nbd_listed_export *list;
   struct nbd_export_info *infos;
   int n = nbd_list_exports(t, &o, &list, &infos, why, sizeof why);

@@ -125,7 +125,8 @@ static int reply_error(struct hs *h, const struct nbd_opt_reply *r, const uint8_
   switch (r->type) {
   case NBD_REP_ERR_UNKNOWN: code = -ENOENT; break;
   case NBD_REP_ERR_POLICY: code = -EACCES; break;
-  case NBD_REP_ERR_TLS_REQD: code = -EACCES; break;
+  case NBD_REP_ERR_TLS_REQD:
+    return hs_fail(h, -EACCES, "server requires TLS (use an nbds:// URI or --tls=on)");
   case NBD_REP_ERR_UNSUP: case NBD_REP_ERR_PLATFORM: code = -ENOTSUP; break;
   case NBD_REP_ERR_SHUTDOWN: code = -ESHUTDOWN; break;
   default: code = -EINVAL; break;
@@ -259,6 +260,58 @@ static int negotiate_meta(struct hs *h, const char *name, struct nbd_session *s)
   }
 }
 
+/* Upgrade to TLS before anything else is said.  Returns 0 when TLS is on,
+ * 1 when the server declined and plaintext may go on, or a negative errno. */
+static int starttls(struct hs *h, const struct nbd_hs_opts *o)
+{
+  bool required = o->tls_mode == TLS_REQUIRE;
+  if (!h->fixed) {
+    if (required)
+      return hs_fail(h, -ENOTSUP, "server cannot do TLS (it does not speak fixed newstyle); refusing to continue without TLS");
+    return 1;
+  }
+  int e = send_option(h, NBD_OPT_STARTTLS, NULL, 0);
+  if (e < 0)
+    return e;
+  struct nbd_opt_reply r;
+  uint8_t *p;
+  e = recv_reply(h, NBD_OPT_STARTTLS, &r, &p);
+  if (e < 0)
+    return e;
+  if (r.type == NBD_REP_ACK) {
+    free(p);
+    char why[512];
+    if (tls_start(h->t, o->tls, o->timeout_s, why, sizeof why) < 0)
+      return hs_fail(h, -EPROTO, "%s", why);
+    return 0;
+  }
+  if (!(r.type & NBD_REP_FLAG_ERROR)) {
+    free(p);
+    return hs_fail(h, -EPROTO, "protocol violation: %s reply to NBD_OPT_STARTTLS", nbd_rep_name(r.type));
+  }
+  char smsg[200] = "";
+  nbd_sanitize(smsg, sizeof smsg, p, r.len);
+  free(p);
+  if (!required)
+    return 1;
+  send_abort(h);
+  return hs_fail(h, -EACCES, "server refused TLS (%s%s%s); refusing to continue without TLS",
+                 nbd_rep_name(r.type), smsg[0] ? ": " : "", smsg);
+}
+
+/* The TLS step of both negotiations: 0 to go on, or a negative errno. */
+static int maybe_tls(struct hs *h, const struct nbd_hs_opts *o, bool *active)
+{
+  *active = false;
+  if (o->tls_mode == TLS_OFF)
+    return 0;
+  int e = starttls(h, o);
+  if (e < 0)
+    return e;
+  *active = e == 0;
+  return 0;
+}
+
 /* NBD_OPT_GO or NBD_OPT_INFO.  Returns 0, 1 when the server does not know
  * the option (caller falls back), or a negative errno. */
 static int info_or_go(struct hs *h, uint32_t opt, const char *name, struct nbd_export_info *info)
@@ -321,11 +374,7 @@ static int info_or_go(struct hs *h, uint32_t opt, const char *name, struct nbd_e
       return hs_fail(h, -EPROTO, "protocol violation: %s reply to %s", nbd_rep_name(r.type),
                      nbd_opt_name(opt));
     }
-    char what[128];
-    char sname[96];
-    nbd_sanitize(sname, sizeof sname, (const uint8_t *)name, nlen);
-    snprintf(what, sizeof what, "export '%s'", sname);
-    e = reply_error(h, &r, p, what);
+    e = reply_error(h, &r, p, nbd_opt_name(opt));
     free(p);
     return e;
   }
@@ -406,6 +455,10 @@ int nbd_negotiate(struct transport *t, const struct nbd_hs_opts *o, struct nbd_s
   hs_init(&h, t, o, err, errlen);
   memset(s, 0, sizeof *s);
   int e = greet(&h, o, s);
+  if (e == 1 && o->tls_mode == TLS_REQUIRE)
+    e = hs_fail(&h, -ENOTSUP, "server speaks the oldstyle protocol, which cannot do TLS");
+  if (e == 0)
+    e = maybe_tls(&h, o, &s->tls);
   if (e == 0) {
     if (!h.fixed) {
       e = export_name(&h, o->export_name, s);
@@ -475,6 +528,10 @@ int nbd_list_exports(struct transport *t, const struct nbd_hs_opts *o,
     return e;
   if (!h.fixed)
     return hs_fail(&h, -ENOTSUP, "server does not speak fixed newstyle and cannot list exports");
+  bool tls;
+  e = maybe_tls(&h, o, &tls);
+  if (e < 0)
+    return e;
   e = send_option(&h, NBD_OPT_LIST, NULL, 0);
   if (e < 0)
     return e;

@@ -130,98 +130,88 @@ static void wait_for_end(int endfd)
   close(sfd);
 }
 
-int main(int argc, char **argv)
+/* Connect, mount, serve until unmounted or signalled, then clean up. */
+static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tls_options *tls,
+                 struct tls_creds *creds, const char *argv0)
 {
-  struct nbdfs_options opt;
-  int pr = options_parse(argc, argv, &opt);
-  if (pr != 0)
-    return pr > 0 ? 0 : 2;
-  signal(SIGPIPE, SIG_IGN);
-
   char err[1024];
-  struct nbd_uri uri;
-  if (nbd_uri_parse(opt.uri, &uri, err, sizeof err) < 0) {
-    fprintf(stderr, "nbdfs: %s\n", err);
-    return 2;
-  }
-  if (uri.tls) {
-    fprintf(stderr, "nbdfs: TLS not supported yet (URI '%s' asks for it)\n", opt.uri);
-    return 2;
-  }
-  if (uri.tls_certificates || uri.tls_psk_file || uri.tls_hostname || uri.tls_type ||
-      uri.tls_verify_peer >= 0) {
-    fprintf(stderr, "nbdfs: TLS not supported yet (the URI has TLS parameters)\n");
-    return 2;
-  }
-
+  int rc = 1;
   struct mount_target target = { 0 };
-  if (opt.exports) {
-    if (uri.export_name[0]) {
+  if (opt->exports) {
+    if (uri->export_name[0]) {
       fprintf(stderr, "nbdfs: --exports mounts a whole server: the URI must not name an export ('%s')\n",
-              uri.export_name);
-      return 2;
+              uri->export_name);
+      rc = 2;
+      goto out_early;
     }
     struct stat st;
     char abs[PATH_MAX];
-    if (stat(opt.mountpoint, &st) < 0 || !S_ISDIR(st.st_mode) || !realpath(opt.mountpoint, abs)) {
-      fprintf(stderr, "nbdfs: --exports needs an existing directory, not '%s'\n", opt.mountpoint);
-      return 1;
+    if (stat(opt->mountpoint, &st) < 0 || !S_ISDIR(st.st_mode) || !realpath(opt->mountpoint, abs)) {
+      fprintf(stderr, "nbdfs: --exports needs an existing directory, not '%s'\n", opt->mountpoint);
+      rc = 1;
+      goto out_early;
     }
     target.dir = strdup(abs);
-  } else if (resolve_mountpoint(opt.mountpoint, uri.export_name, &target) < 0) {
-    return 1;
+  } else if (resolve_mountpoint(opt->mountpoint, uri->export_name, &target) < 0) {
+    rc = 1;
+      goto out_early;
   }
   char pidabs[PATH_MAX];
-  if (opt.pidfile) {
+  if (opt->pidfile) {
     /* fuse_daemonize changes to /, so keep an absolute path. */
-    if (opt.pidfile[0] != '/') {
+    if (opt->pidfile[0] != '/') {
       char cwd[PATH_MAX];
       if (!getcwd(cwd, sizeof cwd) ||
-          snprintf(pidabs, sizeof pidabs, "%s/%s", cwd, opt.pidfile) >= (int)sizeof pidabs) {
+          snprintf(pidabs, sizeof pidabs, "%s/%s", cwd, opt->pidfile) >= (int)sizeof pidabs) {
         fprintf(stderr, "nbdfs: pid file path too long\n");
-        return 2;
+        rc = 2;
+      goto out_early;
       }
-      opt.pidfile = pidabs;
+      opt->pidfile = pidabs;
     }
   }
 
-  struct fs fs = { .direct_io = opt.direct_io, .readonly = opt.readonly, .uid = getuid(),
-                   .gid = getgid(), .uri = &uri,
-                   .pool_opts = { .uri = &uri, .connections = opt.connections,
-                                  .timeout_s = opt.timeout_s,
-                                  .connect_timeout_s = opt.connect_timeout_s } };
+  struct fs fs = { .direct_io = opt->direct_io, .readonly = opt->readonly, .uid = getuid(),
+                   .gid = getgid(), .uri = uri,
+                   .pool_opts = { .uri = uri, .connections = opt->connections,
+                                  .timeout_s = opt->timeout_s,
+                                  .connect_timeout_s = opt->connect_timeout_s,
+                                  .tls_mode = tls->mode, .tls = creds } };
   fs_init_table(&fs);
   clock_gettime(CLOCK_REALTIME, &fs.mount_time);
   const char *what;
   /* Talk to the server before mounting, so a bad one leaves nothing mounted. */
-  if (opt.exports) {
+  if (opt->exports) {
     fs.mode = FS_EXPORTS;
     if (fs_list_exports(&fs, err, sizeof err) < 0) {
       fprintf(stderr, "nbdfs: %s\n", err);
       fs_free(&fs);
-      return 1;
+      rc = 1;
+      goto out_early;
     }
     what = "exports of the server";
   } else {
     struct nbd_pool *pool;
-    fs.pool_opts.export_name = uri.export_name;
+    fs.pool_opts.export_name = uri->export_name;
     if (nbd_pool_open(&pool, &fs.pool_opts, err, sizeof err) < 0) {
       fprintf(stderr, "nbdfs: %s\n", err);
       fs_free(&fs);
-      return 1;
+      rc = 1;
+      goto out_early;
     }
     log_info("%s: %llu bytes, %d connection%s, block sizes %u/%u/%u%s", pool->desc,
              (unsigned long long)nbd_pool_size(pool), pool->n, pool->n == 1 ? "" : "s",
              pool->s.info.min_block, pool->s.info.pref_block, pool->s.info.max_block,
              pool->s.structured ? ", structured replies" : "");
     fs.mode = target.file_name ? FS_SINGLE : FS_NAKED;
-    struct fs_file *f = fs_add_file(&fs, target.file_name, uri.export_name);
+    struct fs_file *f = fs_add_file(&fs, target.file_name, uri->export_name);
     if (!f) {
       fprintf(stderr, "nbdfs: out of memory\n");
       nbd_pool_shutdown(pool);
       nbd_pool_free(pool);
       fs_free(&fs);
-      return 1;
+      rc = 1;
+      goto out_early;
     }
     fs_file_set_pool(&fs, f, pool);
     what = pool->desc;
@@ -229,18 +219,18 @@ int main(int argc, char **argv)
 
   /* FUSE arguments: program name, our defaults, then the user's -o. */
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
-  fuse_opt_add_arg(&args, argv[0]);
+  fuse_opt_add_arg(&args, argv0);
   fuse_opt_add_arg(&args, "-o");
   fuse_opt_add_arg(&args, "fsname=nbdfs,subtype=nbdfs,default_permissions");
-  for (int i = 0; i < opt.nfuse_opts; i++) {
+  for (int i = 0; i < opt->nfuse_opts; i++) {
     fuse_opt_add_arg(&args, "-o");
-    fuse_opt_add_arg(&args, opt.fuse_opts[i]);
+    fuse_opt_add_arg(&args, opt->fuse_opts[i]);
   }
-  int rc = 1;
+  rc = 1;
   int nloops = 0, endfd = -1;
   bool fs_down = false;
-  struct nbd_loop **loops = calloc((size_t)opt.threads, sizeof *loops);
-  struct fuse_source *fsrcs = calloc((size_t)opt.threads, sizeof *fsrcs);
+  struct nbd_loop **loops = calloc((size_t)opt->threads, sizeof *loops);
+  struct fuse_source *fsrcs = calloc((size_t)opt->threads, sizeof *fsrcs);
   struct fuse_session *se = fuse_session_new(&args, &fs_ops, sizeof fs_ops, &fs);
   if (!se) {
     fprintf(stderr, "nbdfs: bad FUSE options (see above)\n");
@@ -251,11 +241,11 @@ int main(int argc, char **argv)
     fprintf(stderr, "nbdfs: cannot mount on %s (see above)\n", target.dir);
     goto out_session;
   }
-  if (fuse_daemonize(opt.foreground) != 0)
+  if (fuse_daemonize(opt->foreground) != 0)
     goto out_unmount;
-  if (!opt.foreground)
+  if (!opt->foreground)
     log_use_syslog();
-  if (opt.pidfile && write_pidfile(opt.pidfile) < 0)
+  if (opt->pidfile && write_pidfile(opt->pidfile) < 0)
     goto out_unmount;
 
   /* Signals are read from a signalfd by this thread; workers block them. */
@@ -272,12 +262,12 @@ int main(int argc, char **argv)
   endfd = eventfd(0, EFD_CLOEXEC);
   int ffd = fuse_session_fd(se);
   fcntl(ffd, F_SETFL, fcntl(ffd, F_GETFL) | O_NONBLOCK);
-  for (; loops && fsrcs && nloops < opt.threads; nloops++)
-    if (!(loops[nloops] = loop_new(nloops, opt.timeout_s && opt.timeout_s < 4 ? 250 : 1000)))
+  for (; loops && fsrcs && nloops < opt->threads; nloops++)
+    if (!(loops[nloops] = loop_new(nloops, opt->timeout_s && opt->timeout_s < 4 ? 250 : 1000)))
       break;
   fs.loops = loops;
   fs.nloops = nloops;
-  if (endfd < 0 || nloops < opt.threads ||
+  if (endfd < 0 || nloops < opt->threads ||
       (fs.mode != FS_EXPORTS && nbd_pool_attach(fs.files[0]->pool, loops, nloops) < 0) ||
       fs_start(&fs) < 0) {
     log_error("cannot start worker threads");
@@ -323,10 +313,38 @@ out_fs:
   if (endfd >= 0)
     close(endfd);
   fuse_opt_free_args(&args);
-  if (opt.pidfile && rc == 0)
-    unlink(opt.pidfile);
+  if (opt->pidfile && rc == 0)
+    unlink(opt->pidfile);
+out_early:
   free(target.dir);
   free(target.file_name);
+  return rc;
+}
+
+int main(int argc, char **argv)
+{
+  struct nbdfs_options opt;
+  int rc = options_parse(argc, argv, &opt);
+  if (rc != 0) {
+    options_free(&opt);
+    return rc > 0 ? 0 : 2;
+  }
+  signal(SIGPIPE, SIG_IGN);
+
+  char err[1024];
+  struct nbd_uri uri;
+  struct tls_options tls;
+  struct tls_creds *creds = NULL;
+  if (nbd_uri_parse(opt.uri, &uri, err, sizeof err) < 0) {
+    fprintf(stderr, "nbdfs: %s\n", err);
+    rc = 2;
+  } else if (tls_setup(&uri, &opt.tls, &tls, &creds, err, sizeof err) < 0) {
+    fprintf(stderr, "nbdfs: %s\n", err);
+    rc = 2;
+  } else {
+    rc = serve(&opt, &uri, &tls, creds, argv[0]);
+  }
+  tls_creds_free(creds);
   nbd_uri_free(&uri);
   options_free(&opt);
   return rc;

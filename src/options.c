@@ -31,6 +31,14 @@ static void usage(FILE *out)
 "  -f, --foreground      stay in the foreground (default: detach once mounted)\n"
 "  -P, --pidfile FILE    write the daemon's pid to FILE\n"
 "  -o OPTION             FUSE mount option (repeatable), e.g. -o allow_other\n"
+"      --tls=off|on|require  TLS (default: required for nbds:// URIs, else off;\n"
+"                        on = use it when the server offers it)\n"
+"      --tls-certificates DIR  CA and client certificates (ca-cert.pem,\n"
+"                        client-cert.pem, client-key.pem, ca-crl.pem)\n"
+"      --tls-psk-file FILE  pre-shared keys (psktool format)\n"
+"      --tls-username NAME  PSK identity (default: the URI's user@, else yours)\n"
+"      --tls-hostname NAME  name to check the server certificate against\n"
+"      --no-tls-verify-peer  do not authenticate the server (insecure)\n"
 "      --timeout SECS    fail requests the server leaves unanswered this long\n"
 "                        and drop that connection (default 60, 0 = never)\n"
 "      --connect-timeout SECS  bound on connecting and negotiating (default 30)\n"
@@ -54,7 +62,8 @@ static int parse_int(const char *s, int lo, int hi, const char *what, int *out)
   return 0;
 }
 
-enum { OPT_TIMEOUT = 256, OPT_CONNECT_TIMEOUT, OPT_DIRECT_IO, OPT_THREADS, OPT_EXPORTS };
+enum { OPT_TIMEOUT = 256, OPT_CONNECT_TIMEOUT, OPT_DIRECT_IO, OPT_THREADS, OPT_EXPORTS,
+       OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_USER, OPT_TLS_HOST, OPT_NO_VERIFY };
 
 int options_parse(int argc, char **argv, struct nbdfs_options *o)
 {
@@ -72,6 +81,12 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
     { "direct-io", no_argument, NULL, OPT_DIRECT_IO },
     { "threads", required_argument, NULL, OPT_THREADS },
     { "exports", no_argument, NULL, OPT_EXPORTS },
+    { "tls", required_argument, NULL, OPT_TLS },
+    { "tls-certificates", required_argument, NULL, OPT_TLS_CERTS },
+    { "tls-psk-file", required_argument, NULL, OPT_TLS_PSK },
+    { "tls-username", required_argument, NULL, OPT_TLS_USER },
+    { "tls-hostname", required_argument, NULL, OPT_TLS_HOST },
+    { "no-tls-verify-peer", no_argument, NULL, OPT_NO_VERIFY },
     { NULL, 0, NULL, 0 },
   };
   memset(o, 0, sizeof *o);
@@ -79,6 +94,8 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
   o->timeout_s = 60;
   o->connect_timeout_s = 30;
   o->threads = 1;
+  o->tls.verify_peer = true;
+  o->tls.mode = TLS_OFF;
   opterr = 0;
   int c;
   while ((c = getopt_long(argc, argv, ":C:rfP:o:vVh", longopts, NULL)) != -1) {
@@ -111,6 +128,24 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
       break;
     case OPT_DIRECT_IO: o->direct_io = true; break;
     case OPT_EXPORTS: o->exports = true; break;
+    case OPT_TLS:
+      if (!strcmp(optarg, "off"))
+        o->tls.mode = TLS_OFF;
+      else if (!strcmp(optarg, "on"))
+        o->tls.mode = TLS_ON;
+      else if (!strcmp(optarg, "require"))
+        o->tls.mode = TLS_REQUIRE;
+      else {
+        fprintf(stderr, "nbdfs: --tls must be off, on or require, not '%s'\n", optarg);
+        return -1;
+      }
+      o->tls.mode_given = true;
+      break;
+    case OPT_TLS_CERTS: o->tls.certificates = optarg; break;
+    case OPT_TLS_PSK: o->tls.psk_file = optarg; break;
+    case OPT_TLS_USER: o->tls.username = optarg; break;
+    case OPT_TLS_HOST: o->tls.hostname = optarg; break;
+    case OPT_NO_VERIFY: o->tls.verify_peer = false; break;
     case OPT_THREADS:
       if (parse_int(optarg, 1, 16, "--threads", &o->threads) < 0)
         return -1;

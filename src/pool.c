@@ -175,14 +175,15 @@ int nbd_pool_flush_sync(struct nbd_pool *p)
 static int open_one(const struct nbd_pool_opts *o, const char *desc, int index,
                     struct nbd_session *s, struct nbd_conn **out, char *err, size_t errlen)
 {
-  char why[256];
+  char why[1024];
   struct transport *t = transport_connect(o->uri, o->connect_timeout_s, why, sizeof why);
   if (!t) {
     snprintf(err, errlen, "%s", why);
     return -ECONNREFUSED;
   }
   struct nbd_hs_opts hs = { .export_name = o->export_name, .structured = true,
-                            .block_status = true, .timeout_s = o->connect_timeout_s };
+                            .block_status = true, .timeout_s = o->connect_timeout_s,
+                            .tls_mode = o->tls_mode, .tls = o->tls };
   int r = nbd_negotiate(t, &hs, s, why, sizeof why);
   if (r < 0) {
     snprintf(err, errlen, "%s: %s", desc, why);
@@ -201,7 +202,7 @@ static int open_one(const struct nbd_pool_opts *o, const char *desc, int index,
 
 static bool same_export(const struct nbd_session *a, const struct nbd_session *b)
 {
-  return a->info.size == b->info.size && a->info.tflags == b->info.tflags &&
+  return a->info.size == b->info.size && a->info.tflags == b->info.tflags && a->tls == b->tls &&
          a->info.min_block == b->info.min_block && a->info.max_block == b->info.max_block &&
          a->structured == b->structured && a->have_base_alloc == b->have_base_alloc;
 }
@@ -219,6 +220,8 @@ int nbd_pool_open(struct nbd_pool **out, const struct nbd_pool_opts *o, char *er
   nbd_uri_describe(o->uri, where, sizeof where);
   nbd_sanitize(name, sizeof name, (const uint8_t *)o->export_name, strlen(o->export_name));
   snprintf(p->desc, sizeof p->desc, "%s export '%s'", where, name);
+  if (o->tls_mode == TLS_REQUIRE)
+    strncat(p->desc, " (TLS)", sizeof p->desc - strlen(p->desc) - 1);
 
   int r = open_one(o, p->desc, 0, &p->s, &p->conns[0], err, errlen);
   if (r < 0) {
