@@ -52,6 +52,8 @@ int nbd_conn_attach(struct nbd_conn *c, struct nbd_loop *loop);
 int nbd_conn_submit(struct nbd_conn *c, const struct nbd_cmd *cmd);
 
 unsigned nbd_conn_inflight(const struct nbd_conn *c);
+/* The worker loop serving the connection (NULL before attach or once dead). */
+struct nbd_loop *nbd_conn_loop(const struct nbd_conn *c);
 bool nbd_conn_dead(const struct nbd_conn *c);
 
 /* Drop the connection now (protocol violation, timeout, shutdown). */

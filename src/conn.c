@@ -139,6 +139,11 @@ struct nbd_conn *nbd_conn_new(struct transport *t, const struct nbd_session *s,
   return c;
 }
 
+struct nbd_loop *nbd_conn_loop(const struct nbd_conn *c)
+{
+  return c->attached ? c->src.loop : NULL;
+}
+
 unsigned nbd_conn_inflight(const struct nbd_conn *c)
 {
   return atomic_load_explicit(&c->inflight, memory_order_relaxed);

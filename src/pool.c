@@ -9,6 +9,7 @@
 
 #include "extents.h"
 #include "log.h"
+#include "loop.h"
 
 void nbd_op_fail(struct nbd_op *op, int err)
 {
@@ -50,14 +51,18 @@ static void flush_done(void *arg, int err)
   piece_done(arg, err);
 }
 
-/* The live connection with the fewest requests in flight. */
+/* The live connection with the fewest requests in flight, preferring those
+ * served by the calling worker: its reply then comes back to the same
+ * thread, with no hand-off.  A local connection much busier than a remote
+ * one loses that preference. */
 static struct nbd_conn *pick(struct nbd_pool *p)
 {
   if (p->n == 1)
     return nbd_conn_dead(p->conns[0]) ? NULL : p->conns[0];
   unsigned start = atomic_fetch_add_explicit(&p->rr, 1, memory_order_relaxed);
-  struct nbd_conn *best = NULL;
-  unsigned best_load = ~0u;
+  struct nbd_loop *here = loop_current();
+  struct nbd_conn *best = NULL, *best_local = NULL;
+  unsigned best_load = ~0u, local_load = ~0u;
   for (int i = 0; i < p->n; i++) {
     struct nbd_conn *c = p->conns[(start + (unsigned)i) % (unsigned)p->n];
     if (nbd_conn_dead(c))
@@ -66,10 +71,14 @@ static struct nbd_conn *pick(struct nbd_pool *p)
     if (load < best_load) {
       best = c;
       best_load = load;
-      if (load == 0)
-        break;
+    }
+    if (here && nbd_conn_loop(c) == here && load < local_load) {
+      best_local = c;
+      local_load = load;
     }
   }
+  if (best_local && local_load <= 2 * best_load + 8)
+    return best_local;
   return best;
 }
 
