@@ -83,6 +83,7 @@ struct nbd_conn {
   bool swept;                   /* in-flight requests were failed */
   bool detached;                /* sweep finished: the loop no longer sees us */
   atomic_bool closing;          /* orderly close: EOF is expected */
+  bool server_shutdown;         /* server said ESHUTDOWN: DISC once drained */
   char kill_reason[160];
 
   /* receive side (owner loop thread only) */
@@ -315,6 +316,38 @@ int nbd_conn_submit(struct nbd_conn *c, const struct nbd_cmd *cmd)
 
 /* ---- receive side ---- */
 
+static int send_or_queue(struct nbd_conn *c, struct iovec *iov, int iovcnt);
+
+/* The server is going away (ESHUTDOWN): take no new requests here, and
+ * once the last one is answered, disconnect softly (owner thread). */
+static void note_server_shutdown(struct nbd_conn *c)
+{
+  if (c->server_shutdown)
+    return;
+  c->server_shutdown = true;
+  pthread_mutex_lock(&c->tab_lock);
+  if (!c->kill_reason[0])
+    snprintf(c->kill_reason, sizeof c->kill_reason, "server is shutting down");
+  atomic_store(&c->dead, true);
+  pthread_mutex_unlock(&c->tab_lock);
+  atomic_store(&c->closing, true);
+  log_warn("%s: connection %d: server is shutting down", c->desc, c->index);
+}
+
+static void disconnect_if_drained(struct nbd_conn *c)
+{
+  if (!c->server_shutdown || atomic_load(&c->inflight) != 0)
+    return;
+  c->server_shutdown = false; /* once */
+  uint8_t hdr[NBD_REQUEST_LEN];
+  struct nbd_request rq = { .type = NBD_CMD_DISC };
+  nbd_encode_request(hdr, &rq);
+  struct iovec iov = { hdr, sizeof hdr };
+  pthread_mutex_lock(&c->send_lock);
+  send_or_queue(c, &iov, 1);
+  pthread_mutex_unlock(&c->send_lock);
+}
+
 /* Release a slot and complete its command (no lock held on return). */
 static void complete_slot(struct nbd_conn *c, uint32_t idx, struct slot *s, int err)
 {
@@ -328,7 +361,10 @@ static void complete_slot(struct nbd_conn *c, uint32_t idx, struct slot *s, int 
   if (c->nfree == 1 || left == 0)
     pthread_cond_broadcast(&c->tab_cond);
   pthread_mutex_unlock(&c->tab_lock);
+  if (err == ESHUTDOWN)
+    note_server_shutdown(c);
   cmd.done(cmd.arg, err);
+  disconnect_if_drained(c);
 }
 
 static int violation(struct nbd_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
