@@ -33,6 +33,7 @@ struct slot {
   uint32_t gen;
   bool busy;
   int err;                 /* first error reported by the server */
+  unsigned status_chunks;  /* BLOCK_STATUS: chunks for our context */
   uint64_t sent_ms;        /* for the request timeout */
   struct nbd_coverage cov; /* READ with structured replies */
 };
@@ -290,6 +291,7 @@ int nbd_conn_submit(struct nbd_conn *c, const struct nbd_cmd *cmd)
     c->next_gen = 1;
   s->busy = true;
   s->err = 0;
+  s->status_chunks = 0;
   s->sent_ms = c->timeout_s ? now_ms() : 0;
   if (cmd->type == NBD_CMD_READ && c->structured)
     nbd_coverage_init(&s->cov);
@@ -409,6 +411,11 @@ static void chunk_finished(struct nbd_conn *c)
     int err = s->err;
     if (!err && s->cmd.type == NBD_CMD_READ && s->cov.covered != s->cmd.count) {
       log_warn("%s: READ reply did not cover the whole request; failing it", c->desc);
+      err = EIO;
+    }
+    if (!err && s->cmd.type == NBD_CMD_BLOCK_STATUS && s->status_chunks != 1) {
+      log_warn("%s: BLOCK_STATUS reply had %u chunks for base:allocation instead of one; failing it",
+               c->desc, s->status_chunks);
       err = EIO;
     }
     complete_slot(c, x->idx, s, err);
@@ -546,10 +553,12 @@ static void on_block_status(struct nbd_conn *c)
                                                     s->cmd.flags & NBD_CMD_FLAG_REQ_ONE, &ctx,
                                                     ext, max, &n)
                            : NBD_FAIL;
-  if (v == NBD_OK && ctx == c->base_alloc_id && s->cmd.extents && !s->err)
-    s->cmd.extents(s->cmd.arg, s->cmd.offset, ext, n);
-  else
+  if (v == NBD_OK && ctx == c->base_alloc_id && ++s->status_chunks == 1) {
+    if (s->cmd.extents && !s->err)
+      s->cmd.extents(s->cmd.arg, s->cmd.offset, ext, n);
+  } else {
     note_error(s, EIO);
+  }
   free(ext);
   free(x->big);
   x->big = NULL;

@@ -126,7 +126,7 @@ static int reply_error(struct hs *h, const struct nbd_opt_reply *r, const uint8_
   case NBD_REP_ERR_UNKNOWN: code = -ENOENT; break;
   case NBD_REP_ERR_POLICY: code = -EACCES; break;
   case NBD_REP_ERR_TLS_REQD:
-    return hs_fail(h, -EACCES, "server requires TLS (use an nbds:// URI or --tls=on)");
+    return hs_fail(h, -EACCES, "%s: server requires TLS (use an nbds:// URI or --tls=on)", what);
   case NBD_REP_ERR_UNSUP: case NBD_REP_ERR_PLATFORM: code = -ENOTSUP; break;
   case NBD_REP_ERR_SHUTDOWN: code = -ESHUTDOWN; break;
   default: code = -EINVAL; break;
@@ -219,7 +219,7 @@ static int negotiate_meta(struct hs *h, const char *name, struct nbd_session *s)
   free(buf);
   if (e < 0)
     return e;
-  bool have = false;
+  bool have = false, dup = false;
   uint32_t id = 0;
   for (unsigned count = 0;; count++) {
     struct nbd_opt_reply r;
@@ -237,8 +237,7 @@ static int negotiate_meta(struct hs *h, const char *name, struct nbd_session *s)
         return hs_fail(h, -EPROTO, "protocol violation: malformed META_CONTEXT reply");
       }
       if (cnlen == strlen(q[0]) && !memcmp(cname, q[0], cnlen)) {
-        if (have) /* duplicate selection: ignore block status altogether */
-          count = 1000;
+        dup = dup || have; /* selected twice: do without block status */
         have = true;
         id = cid;
       }
@@ -247,7 +246,7 @@ static int negotiate_meta(struct hs *h, const char *name, struct nbd_session *s)
     }
     free(p);
     if (r.type == NBD_REP_ACK) {
-      s->have_base_alloc = have && count < 1000;
+      s->have_base_alloc = have && !dup;
       s->base_alloc_id = id;
       return 0;
     }
@@ -374,7 +373,10 @@ static int info_or_go(struct hs *h, uint32_t opt, const char *name, struct nbd_e
       return hs_fail(h, -EPROTO, "protocol violation: %s reply to %s", nbd_rep_name(r.type),
                      nbd_opt_name(opt));
     }
-    e = reply_error(h, &r, p, nbd_opt_name(opt));
+    char what[128], sname[96];
+    nbd_sanitize(sname, sizeof sname, (const uint8_t *)name, nlen);
+    snprintf(what, sizeof what, "export '%s'", sname);
+    e = reply_error(h, &r, p, what);
     free(p);
     return e;
   }

@@ -181,8 +181,9 @@ int nbd_pool_flush_sync(struct nbd_pool *p)
 }
 
 /* Connect and negotiate one connection. */
-static int open_one(const struct nbd_pool_opts *o, const char *desc, int index,
-                    struct nbd_session *s, struct nbd_conn **out, char *err, size_t errlen)
+static int open_one(const struct nbd_pool_opts *o, const char *desc, const char *server,
+                    int index, struct nbd_session *s, struct nbd_conn **out, char *err,
+                    size_t errlen)
 {
   char why[1024];
   struct transport *t = transport_connect(o->uri, o->connect_timeout_s, why, sizeof why);
@@ -195,7 +196,7 @@ static int open_one(const struct nbd_pool_opts *o, const char *desc, int index,
                             .tls_mode = o->tls_mode, .tls = o->tls };
   int r = nbd_negotiate(t, &hs, s, why, sizeof why);
   if (r < 0) {
-    snprintf(err, errlen, "%s: %s", desc, why);
+    snprintf(err, errlen, "%s: %s", server, why); /* why names the export */
     transport_destroy(t);
     return r;
   }
@@ -232,7 +233,7 @@ int nbd_pool_open(struct nbd_pool **out, const struct nbd_pool_opts *o, char *er
   if (o->tls_mode == TLS_REQUIRE)
     strncat(p->desc, " (TLS)", sizeof p->desc - strlen(p->desc) - 1);
 
-  int r = open_one(o, p->desc, 0, &p->s, &p->conns[0], err, errlen);
+  int r = open_one(o, p->desc, where, 0, &p->s, &p->conns[0], err, errlen);
   if (r < 0) {
     free(p->conns);
     free(p);
@@ -256,7 +257,7 @@ int nbd_pool_open(struct nbd_pool **out, const struct nbd_pool_opts *o, char *er
       struct nbd_session s;
       struct nbd_conn *c;
       char why[512];
-      if (open_one(o, p->desc, i, &s, &c, why, sizeof why) < 0) {
+      if (open_one(o, p->desc, where, i, &s, &c, why, sizeof why) < 0) {
         log_warn("extra connection %d failed (%s); continuing with %d", i, why, p->n);
         break;
       }

@@ -16,6 +16,10 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
   va_start(ap, fmt);
   vsnprintf(err, errlen, fmt, ap);
   va_end(ap);
+  /* The reason quotes the user's URI: keep it one printable line. */
+  for (char *c = err; *c; c++)
+    if ((unsigned char)*c < 0x20 || *c == 0x7f)
+      *c = '?';
   return -1;
 }
 
@@ -284,44 +288,46 @@ void nbd_uri_describe(const struct nbd_uri *u, char *out, size_t outlen)
   }
 }
 
-/* Percent-encode s for a URI path or query value (keeping '/'). */
-static size_t encode(char *out, size_t outlen, const char *s)
+/* Percent-encode s, keeping unreserved characters and those in keep. */
+static void encode(char *out, size_t outlen, const char *s, const char *keep)
 {
   size_t o = 0;
   for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-    bool plain = isalnum(*p) || strchr("-._~/!$'()*,;:@", *p);
-    if (o + 4 >= outlen)
+    bool plain = isalnum(*p) || strchr("-._~", *p) || (keep && strchr(keep, *p));
+    size_t need = plain ? 1 : 3;
+    if (o + need >= outlen)
       break;
     if (plain)
       out[o++] = (char)*p;
     else
       o += (size_t)snprintf(out + o, outlen - o, "%%%02X", *p);
   }
-  if (o < outlen)
-    out[o] = '\0';
-  return o;
+  out[o] = '\0';
 }
 
 void nbd_uri_format(const struct nbd_uri *u, const char *export_name, char *out, size_t outlen)
 {
   static const char *const suffix[] = { "", "+unix", "+vsock" };
-  char name[3 * 4096 + 1], user[256] = "", host[300] = "";
-  encode(name, sizeof name, export_name);
+  char name[3 * 4096 + 1], user[3 * 256 + 2] = "", host[3 * 256 + 16] = "";
+  encode(name, sizeof name, export_name, "/!$'()*,;:@&=+");
   if (u->user) {
-    encode(user, sizeof user - 1, u->user);
+    encode(user, sizeof user - 1, u->user, "!$'()*,;&=+"); /* no '@' or ':' */
     strcat(user, "@");
   }
-  if (u->transport != NBD_TRANSPORT_UNIX)
-    snprintf(host, sizeof host, strchr(u->host, ':') ? "[%s]:%s" : "%s:%s", u->host, u->port);
+  if (u->transport != NBD_TRANSPORT_UNIX) {
+    char h[3 * 256 + 1];
+    encode(h, sizeof h, u->host, ":"); /* an IPv6 zone's '%' becomes %25 */
+    snprintf(host, sizeof host, strchr(u->host, ':') ? "[%s]:%s" : "%s:%s", h, u->port);
+  }
   int n = snprintf(out, outlen, "nbd%s%s://%s%s/%s", u->tls ? "s" : "", suffix[u->transport], user,
                    host, name);
   if (u->transport == NBD_TRANSPORT_UNIX && n > 0 && (size_t)n < outlen) {
     char sock[3 * 108 + 8];
-    if (u->socket[0])
-      encode(sock, sizeof sock, u->socket);
-    else { /* abstract socket: leading NUL */
+    if (u->socket[0]) {
+      encode(sock, sizeof sock, u->socket, "/!$'()*,;:@+");
+    } else { /* abstract socket: leading NUL */
       strcpy(sock, "%00");
-      encode(sock + 3, sizeof sock - 3, u->socket + 1);
+      encode(sock + 3, sizeof sock - 3, u->socket + 1, "/!$'()*,;:@+");
     }
     snprintf(out + n, outlen - (size_t)n, "?socket=%s", sock);
   }
