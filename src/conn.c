@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -781,6 +782,12 @@ int nbd_conn_attach(struct nbd_conn *c, struct nbd_loop *loop)
   transport_set_timeouts(c->t, 0, 0);
   if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
     return -errno;
+  /* Room for a whole 1 MiB WRITE (header and payload) in the socket, so
+   * large writes are not copied into our backlog.  Without privilege the
+   * kernel caps this at net.core.wmem_max. */
+  int sndbuf = 4 << 20;
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &sndbuf, sizeof sndbuf) < 0)
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   pthread_mutex_lock(&c->send_lock);
   c->src = (struct loop_source){ .fd = fd, .fn = on_event, .arg = c, .events = EPOLLIN };
   int r = loop_add(loop, &c->src, false);

@@ -13,8 +13,6 @@
 
 #include "log.h"
 
-#define MAX_TICKS 64
-
 struct tick {
   loop_tick_fn fn;
   void *arg;
@@ -28,23 +26,35 @@ struct nbd_loop {
   atomic_bool stop;
   pthread_t thread;
   pthread_mutex_t tick_lock;
-  struct tick ticks[MAX_TICKS];
-  int nticks;
+  struct tick *ticks;         /* one per connection served here */
+  int nticks, tick_cap;
+  struct tick *tick_copy;     /* run_ticks' snapshot, reused */
+  int copy_cap;
 };
 
 static __thread struct nbd_loop *current_loop;
 
 struct nbd_loop *loop_current(void) { return current_loop; }
 
+/* Run every tick from a snapshot, so a tick may add or remove ticks. */
 static void run_ticks(struct nbd_loop *l)
 {
-  struct tick copy[MAX_TICKS];
   pthread_mutex_lock(&l->tick_lock);
   int n = l->nticks;
-  memcpy(copy, l->ticks, (size_t)n * sizeof copy[0]);
+  if (n > l->copy_cap) {
+    struct tick *c = realloc(l->tick_copy, (size_t)n * sizeof *c);
+    if (!c) {
+      pthread_mutex_unlock(&l->tick_lock);
+      return; /* try again next tick */
+    }
+    l->tick_copy = c;
+    l->copy_cap = n;
+  }
+  if (n)
+    memcpy(l->tick_copy, l->ticks, (size_t)n * sizeof *l->ticks);
   pthread_mutex_unlock(&l->tick_lock);
   for (int i = 0; i < n; i++)
-    copy[i].fn(copy[i].arg);
+    l->tick_copy[i].fn(l->tick_copy[i].arg);
 }
 
 static void *loop_main(void *arg)
@@ -119,6 +129,8 @@ void loop_free(struct nbd_loop *l)
   close(l->epfd);
   close(l->wakefd);
   pthread_mutex_destroy(&l->tick_lock);
+  free(l->ticks);
+  free(l->tick_copy);
   free(l);
 }
 
@@ -149,13 +161,19 @@ void loop_remove(struct loop_source *src)
 int loop_add_tick(struct nbd_loop *l, loop_tick_fn fn, void *arg)
 {
   pthread_mutex_lock(&l->tick_lock);
-  int r = -ENOSPC;
-  if (l->nticks < MAX_TICKS) {
-    l->ticks[l->nticks++] = (struct tick){ fn, arg };
-    r = 0;
+  if (l->nticks == l->tick_cap) {
+    int cap = l->tick_cap ? 2 * l->tick_cap : 16;
+    struct tick *t = realloc(l->ticks, (size_t)cap * sizeof *t);
+    if (!t) {
+      pthread_mutex_unlock(&l->tick_lock);
+      return -ENOMEM;
+    }
+    l->ticks = t;
+    l->tick_cap = cap;
   }
+  l->ticks[l->nticks++] = (struct tick){ fn, arg };
   pthread_mutex_unlock(&l->tick_lock);
-  return r;
+  return 0;
 }
 
 void loop_remove_tick(struct nbd_loop *l, void *arg)
