@@ -387,9 +387,15 @@ static void do_flush(fuse_req_t req, struct fs_file *f)
   nbd_op_put(&r->op);
 }
 
+/* close(): make this handle's writes durable, like fsync.  A read-only
+ * handle has nothing to flush (and must not report another's failure). */
 static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   (void)ino;
+  if ((fi->flags & O_ACCMODE) == O_RDONLY) {
+    fuse_reply_err(req, 0);
+    return;
+  }
   do_flush(req, handle_file(fi));
 }
 

@@ -137,7 +137,9 @@ static int reply_error(struct hs *h, const struct nbd_opt_reply *r, const uint8_
 /* Soft end of the handshake: NBD_OPT_ABORT, then accept ACK or EOF. */
 static void send_abort(struct hs *h)
 {
+  /* Failures here must not overwrite the reason already recorded. */
   char *saved = h->err;
+  size_t savedlen = h->errlen;
   char scratch[64];
   h->err = scratch;
   h->errlen = sizeof scratch;
@@ -148,6 +150,7 @@ static void send_abort(struct hs *h)
       free(p);
   }
   h->err = saved;
+  h->errlen = savedlen;
 }
 
 static int greet(struct hs *h, const struct nbd_hs_opts *o, struct nbd_session *s)

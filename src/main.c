@@ -1,5 +1,6 @@
 /* main.c: start-up, mount, the FUSE request loop, and an orderly exit. */
 #define FUSE_USE_VERSION 34
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -32,6 +33,19 @@ struct mount_target {
   char *file_name;  /* NULL: naked (mounted over a regular file) */
 };
 
+static bool dir_is_empty(const char *path)
+{
+  DIR *d = opendir(path);
+  if (!d)
+    return false;
+  struct dirent *e;
+  bool empty = true;
+  while (empty && (e = readdir(d)))
+    empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+  closedir(d);
+  return empty;
+}
+
 static int resolve_mountpoint(const char *mp, const char *export_name, struct mount_target *t)
 {
   struct stat st;
@@ -58,9 +72,16 @@ static int resolve_mountpoint(const char *mp, const char *export_name, struct mo
   int r = -1;
   if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode) && strcmp(base, "/") && strcmp(base, ".") &&
       strcmp(base, "..") && realpath(dir, abs)) {
-    t->dir = strdup(abs);
-    t->file_name = strdup(base);
-    r = 0;
+    /* Mounting on DIR hides what it holds: only do that to an empty one,
+     * so a typo cannot cover /tmp or /. */
+    if (!dir_is_empty(abs)) {
+      fprintf(stderr, "nbdfs: '%s' does not exist, and its directory %s is not empty (mounting there would hide its contents); give an existing or empty directory\n",
+              mp, abs);
+    } else {
+      t->dir = strdup(abs);
+      t->file_name = strdup(base);
+      r = 0;
+    }
   } else {
     fprintf(stderr, "nbdfs: mountpoint '%s' does not exist (nor does its parent directory)\n", mp);
   }

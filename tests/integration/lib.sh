@@ -17,6 +17,7 @@ cleanup() {
       fusermount3 -u "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || true
     fi
   done
+  [ -f "$T/.pids" ] && mapfile -t -O "${#_pids[@]}" _pids <"$T/.pids"
   for p in "${_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 0.1
   for p in "${_pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -27,8 +28,9 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 note() { echo "  $*" >&2; }
 
-# track_pid PID: kill it at exit.
-track_pid() { _pids+=("$1"); }
+# track_pid PID: kill it at exit.  Also recorded in a file, so that pids
+# tracked in a subshell ($(start_nbdkit ...)) are still killed.
+track_pid() { _pids+=("$1"); echo "$1" >>"$T/.pids"; }
 
 # wait_for_file PATH [SECONDS]: wait until PATH exists.
 wait_for_file() {
@@ -106,3 +108,253 @@ sha() {
 
 # server_sha URI BYTES: sha256 of the export read by an independent client.
 server_sha() { nbdcopy "$1" - | head -c "$2" | sha256sum | cut -d' ' -f1; }
+
+# ---- Helpers for the core integration tests (t-*.sh).  These run in the
+# calling shell, so what they start is registered for cleanup (a function
+# called inside $(...) runs in a subshell, where track_pid is lost). ----
+
+# unix_uri SOCKET [EXPORT]: the URI of EXPORT (already percent-encoded) on a
+# Unix socket.
+unix_uri() { printf 'nbd+unix:///%s?socket=%s' "${2:-}" "$1"; }
+
+# wait_until SECONDS CMD...: poll CMD until it succeeds; returns 1 if it
+# still fails after SECONDS.
+wait_until() {
+  local secs=$1; shift
+  local end=$((SECONDS + secs))
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.05
+  done
+}
+
+# is_mounted PATH: a FUSE file system is mounted on PATH.
+is_mounted() { grep -q " $1 fuse" /proc/mounts; }
+
+# pid_alive PID: the process exists and is not a zombie.
+pid_alive() {
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
+# serve_nbdkit NAME ARGS...: nbdkit ARGS on the Unix socket $T/NAME.sock, in
+# the background; log (stderr, including -v output) in $T/NAME.log.  Sets
+# SOCK and SERVER_PID.
+serve_nbdkit() {
+  local name=$1; shift
+  SOCK=$T/$name.sock
+  local pidf=$T/$name.pid
+  rm -f "$pidf"
+  nbdkit -U "$SOCK" -P "$pidf" "$@" >"$T/$name.log" 2>&1 || fail "nbdkit $* did not start: $(cat "$T/$name.log")"
+  wait_for_file "$pidf"
+  SERVER_PID=$(cat "$pidf")
+  track_pid "$SERVER_PID"
+}
+
+# serve_nbdkit_tcp NAME ARGS...: the same on 127.0.0.1 and a free TCP port.
+# Sets PORT and SERVER_PID.
+serve_nbdkit_tcp() {
+  local name=$1; shift
+  local pidf=$T/$name.pid try
+  for try in 1 2 3 4 5; do
+    PORT=$(free_port)
+    rm -f "$pidf"
+    if nbdkit -i 127.0.0.1 -p "$PORT" -P "$pidf" "$@" >"$T/$name.log" 2>&1; then
+      wait_for_file "$pidf"
+      SERVER_PID=$(cat "$pidf")
+      track_pid "$SERVER_PID"
+      return 0
+    fi
+    grep -qi 'in use' "$T/$name.log" || break   # retry only a lost port race
+  done
+  fail "nbdkit $* did not start: $(cat "$T/$name.log")"
+}
+
+# rand_file PATH BYTES: a file of random bytes.
+rand_file() { head -c "$2" /dev/urandom >"$1"; }
+
+# write_at FILE OFFSET SRC [DD-FLAGS...]: write all of SRC into FILE at byte
+# OFFSET, in place.
+write_at() {
+  local f=$1 off=$2 src=$3; shift 3
+  dd if="$src" of="$f" bs=1M seek="$off" oflag=seek_bytes conv=notrunc status=none "$@"
+}
+
+# range_sha FILE OFFSET LENGTH: sha256 of LENGTH bytes of FILE at OFFSET.
+range_sha() {
+  dd if="$1" bs=1M skip="$2" count="$3" iflag=skip_bytes,count_bytes status=none |
+    sha256sum | cut -d' ' -f1
+}
+
+# server_copy URI FILE: the whole export, read by nbdcopy (an independent
+# client), into FILE.
+server_copy() { nbdcopy -- "$1" "$2" || fail "nbdcopy $1 failed"; }
+
+# nbdfs_pids_for PATTERN: pids of live nbdfs processes whose command line
+# contains PATTERN (e.g. "$T").
+nbdfs_pids_for() {
+  local p
+  for p in $(pgrep -f -- "nbdfs .*$1" || true); do
+    pid_alive "$p" && case $(basename "$(readlink "/proc/$p/exe" 2>/dev/null)") in nbdfs*) echo "$p" ;; esac
+  done
+  return 0
+}
+
+# mount_nbdfs_daemon URI MOUNTPOINT [OPTIONS...]: mount in daemon mode (no
+# -f) with -P $T/nbdfs-daemon.pid; nbdfs returns once mounted.  Sets
+# NBDFS_PID (not a child of ours: use unmount_nbdfs_daemon).
+mount_nbdfs_daemon() {
+  local uri=$1 mp=$2; shift 2
+  local dir=$mp pidf=$T/nbdfs-daemon.pid
+  [ -d "$mp" ] || [ -f "$mp" ] || dir=$(dirname "$mp")
+  _mounts+=("$dir")
+  rm -f "$pidf"
+  "$NBDFS" -P "$pidf" "$@" "$uri" "$mp" >>"${NBDFS_LOG:-$T/nbdfs.log}" 2>&1 ||
+    fail "nbdfs (daemon) failed with status $?: $(cat "${NBDFS_LOG:-$T/nbdfs.log}")"
+  wait_for_file "$pidf"
+  wait_until 10 test -s "$pidf" || fail "empty pid file $pidf"
+  NBDFS_PID=$(cat "$pidf")
+  track_pid "$NBDFS_PID"
+}
+
+# unmount_nbdfs_daemon DIR: unmount and wait until the daemon has exited.
+unmount_nbdfs_daemon() {
+  fusermount3 -u "$1" || fail "fusermount3 -u $1 failed"
+  wait_until 30 eval '! pid_alive "$NBDFS_PID"' || fail "nbdfs $NBDFS_PID did not exit after unmount"
+}
+
+# serve_fake NAME ARGS...: tests/fake-nbd-server.py ARGS (e.g. --scenario
+# stall) on the Unix socket $T/NAME.sock, in the background; its log is
+# $T/NAME.log.  Sets SOCK and SERVER_PID.
+serve_fake() {
+  local name=$1; shift
+  SOCK=$T/$name.sock
+  rm -f "$SOCK"
+  python3 "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/fake-nbd-server.py" \
+    --socket "$SOCK" --log "$T/$name.log" "$@" </dev/null >>"$T/$name.log" 2>&1 &
+  SERVER_PID=$!
+  track_pid "$SERVER_PID"
+  wait_until 20 test -S "$SOCK" || fail "fake server $name did not start: $(cat "$T/$name.log")"
+}
+
+# ---- Helpers for the sparse-file, zeroing, durability and block-size tests
+# (t-seek.sh, t-fallocate.sh, t-durability.sh, t-blocksize.sh, ...). ----
+
+# seek_map FILE [START]: the data ranges of FILE from START (default 0) as
+# found by walking lseek SEEK_DATA / SEEK_HOLE, one "START END" line each
+# (END exclusive).  Fails if lseek fails other than with ENXIO at the end.
+seek_map() {
+  python3 - "$1" "${2:-0}" <<'PYEOF'
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+size = os.fstat(fd).st_size
+off = int(sys.argv[2])
+while off < size:
+    try:
+        d = os.lseek(fd, off, os.SEEK_DATA)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            break
+        raise
+    h = os.lseek(fd, d, os.SEEK_HOLE)
+    if not (off <= d < h <= size):
+        sys.exit("seek_map: SEEK_DATA(%d)=%d SEEK_HOLE(%d)=%d out of order (size %d)" % (off, d, d, h, size))
+    print(d, h)
+    off = h
+PYEOF
+}
+
+# nbd_data_map URI: the data ranges of the export by its server's
+# base:allocation (nbdinfo --map), in the same form as seek_map: an extent
+# of type 3 (hole,zero) is a hole, anything else data; neighbours of the
+# same kind are merged.
+nbd_data_map() {
+  nbdinfo --map --json "$1" | python3 -c '
+import json, sys
+out = []
+for e in json.load(sys.stdin):
+    if e["type"] == 3:
+        continue
+    s, n = e["offset"], e["length"]
+    if out and out[-1][1] == s:
+        out[-1][1] = s + n
+    else:
+        out.append([s, s + n])
+for s, e in out:
+    print(s, e)'
+}
+
+# map_bytes: total length of the "START END" ranges on stdin.
+map_bytes() { awk '{n += $2 - $1} END {printf "%d\n", n}'; }
+
+# log_mark FILE: the number of lines FILE has now (for log_since).
+log_mark() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
+
+# log_since FILE MARK: the lines of FILE after the first MARK.
+log_since() { tail -n +$(($2 + 1)) "$1"; }
+
+# log_requests ACTION: from an nbdkit log filter log on stdin, the requests
+# of ACTION (Read, Write, Zero, Trim, Flush, Extents...) as they were called
+# (not their "...ACTION id=N return=" lines).
+log_requests() { grep -E "connection=[0-9]+ $1 id=" || true; }
+
+# log_count_bytes: sum of the count=0x... fields of the log lines on stdin.
+log_count_bytes() {
+  python3 -c '
+import re, sys
+print(sum(int(m.group(1), 16) for m in re.finditer(r"\bcount=0x([0-9a-fA-F]+)", sys.stdin.read())))'
+}
+
+# soft_fail "why": report a failed check but go on, so that the checks after
+# it still run; finish_test then fails the test.  For checks whose failure
+# does not make the rest meaningless.
+_soft_fails=()
+soft_fail() { echo "FAIL: $*" >&2; _soft_fails+=("$*"); }
+
+# finish_test: the end of a test using soft_fail: fails if any check did,
+# prints "ok" otherwise.
+finish_test() {
+  [ ${#_soft_fails[@]} -eq 0 ] || fail "${#_soft_fails[@]} check(s) failed (see above)"
+  echo ok
+}
+
+# falloc FILE MODE OFFSET LENGTH: fallocate(2) on FILE opened read-write,
+# MODE a number or FALLOC_FL_ names without the prefix joined by '|'
+# (KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE, COLLAPSE_RANGE, INSERT_RANGE); prints
+# "ok" or the errno's name (ENOSPC, EOPNOTSUPP...).
+falloc() {
+  python3 - "$@" <<'PYEOF'
+import ctypes, ctypes.util, errno, os, sys
+FL = {"KEEP_SIZE": 1, "PUNCH_HOLE": 2, "COLLAPSE_RANGE": 8, "ZERO_RANGE": 16, "INSERT_RANGE": 32}
+path, mode, off, length = sys.argv[1:5]
+m = 0
+for part in mode.split("|"):
+    m |= FL[part] if part in FL else int(part, 0)
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+fd = os.open(path, os.O_RDWR)
+r = libc.fallocate(fd, m, int(off, 0), int(length, 0))
+e = ctypes.get_errno()
+os.close(fd)
+print("ok" if r == 0 else errno.errorcode.get(e, str(e)))
+PYEOF
+}
+
+# zero_sha LENGTH: sha256 of LENGTH zero bytes.
+zero_sha() { head -c "$1" /dev/zero | sha256sum | cut -d' ' -f1; }
+
+# qemu_map ARGS...: qemu-img map --output=json ARGS as "START LENGTH DATA"
+# lines (DATA True/False), neighbours with the same DATA merged.
+qemu_map() {
+  qemu-img map --output=json "$@" | python3 -c '
+import json, sys
+out = []
+for e in json.load(sys.stdin):
+    if out and out[-1][2] == e["data"] and out[-1][0] + out[-1][1] == e["start"]:
+        out[-1][1] += e["length"]
+    else:
+        out.append([e["start"], e["length"], e["data"]])
+for s, n, d in out:
+    print(s, n, d)'
+}
