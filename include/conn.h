@@ -51,6 +51,11 @@ int nbd_conn_attach(struct nbd_conn *c, struct nbd_loop *loop);
  * connection is dead (done will not be called). */
 int nbd_conn_submit(struct nbd_conn *c, const struct nbd_cmd *cmd);
 
+/* Around a burst of submissions on one thread: small requests are gathered
+ * per connection and sent together at uncork. */
+void nbd_conn_cork(void);
+void nbd_conn_uncork(void);
+
 unsigned nbd_conn_inflight(const struct nbd_conn *c);
 /* The worker loop serving the connection (NULL before attach or once dead). */
 struct nbd_loop *nbd_conn_loop(const struct nbd_conn *c);

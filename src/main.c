@@ -114,20 +114,22 @@ static void on_fuse(void *arg, uint32_t events)
 {
   (void)events;
   struct fuse_source *fsrc = arg;
+  nbd_conn_cork();
   for (int i = 0; i < 64; i++) {
     int r = fuse_session_receive_buf(fsrc->se, &fsrc->buf);
     if (r == -EAGAIN)
-      return;
+      break;
     if (r == -EINTR)
       continue;
     if (r <= 0) {
       uint64_t one = 1;
       loop_remove(&fsrc->src);
       if (write(fsrc->endfd, &one, sizeof one) < 0) { /* main also stops on signals */ }
-      return;
+      break;
     }
     fuse_session_process_buf(fsrc->se, &fsrc->buf);
   }
+  nbd_conn_uncork();
 }
 
 /* Wait for a signal or the end of the session. */
