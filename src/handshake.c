@@ -68,6 +68,8 @@ static int hs_send(struct hs *h, const void *a, size_t alen, const void *b, size
   int r = hs_arm_timeout(h);
   if (r == 0)
     r = transport_send_all(h->t, iov, blen ? 2 : 1);
+  if (r == -EPIPE || r == -ECONNRESET)
+    return hs_fail(h, -ECONNRESET, "server closed the connection during the handshake");
   if (r < 0)
     return hs_fail(h, r == -EAGAIN ? -ETIMEDOUT : r, "sending to server: %s",
                    strerror(r == -EAGAIN ? ETIMEDOUT : -r));

@@ -1,7 +1,9 @@
 /* names.c: the reversible export-name escaping described in names.h. */
 #include "names.h"
 
+#include <limits.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,31 @@
 static bool needs_escape(unsigned char c)
 {
   return c == '%' || c == '/' || c < 0x20 || c == 0x7f;
+}
+
+/* FNV-1a: a stable 64-bit digest of an export name. */
+static uint64_t digest(const char *s)
+{
+  uint64_t h = UINT64_C(0xcbf29ce484222325);
+  for (; *s; s++) {
+    h ^= (unsigned char)*s;
+    h *= UINT64_C(0x100000001b3);
+  }
+  return h;
+}
+
+/* A file name may hold NAME_MAX bytes.  A longer escaped name keeps its
+ * first bytes (cut before an escape or a UTF-8 sequence, never inside)
+ * followed by "%~" and a digest of the whole export name: canonical
+ * escaping never writes "%~", so these names cannot collide with others. */
+static char *shorten(char *name, const char *export)
+{
+  size_t keep = NAME_MAX - 2 - 16;
+  while (keep > 0 && ((name[keep] & 0xc0) == 0x80 || name[keep - 1] == '%' ||
+                      (keep > 1 && name[keep - 2] == '%')))
+    keep--;
+  snprintf(name + keep, 2 + 16 + 1, "%%~%016llx", (unsigned long long)digest(export));
+  return name;
 }
 
 char *name_from_export(const char *export, const char *default_name)
@@ -30,7 +57,7 @@ char *name_from_export(const char *export, const char *default_name)
       out[o++] = (char)c;
   }
   out[o] = '\0';
-  return out;
+  return o > NAME_MAX ? shorten(out, export) : out;
 }
 
 static int hex(char c)
