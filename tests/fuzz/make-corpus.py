@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Write the hand-made seed corpus for the fuzz harnesses (tests/fuzz/corpus/).
+
+Each seed is a valid (or interestingly invalid) server byte stream, prefixed
+with the harness's mode byte.  Run it again after changing a seed; files it
+does not write (crash inputs added later) are left alone.
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+NBDMAGIC = 0x4E42444D41474943
+IHAVEOPT = 0x49484156454F5054
+OLDSTYLE = 0x0000420281861253
+REPMAGIC = 0x0003E889045565A9
+SIMPLE = 0x67446698
+CHUNK = 0x668E33EF
+DONE = 1
+
+OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO, OPT_SR, OPT_SET_META = 1, 2, 3, 6, 7, 8, 10
+OPT_STARTTLS = 5
+REP_ACK, REP_SERVER, REP_INFO, REP_META = 1, 2, 3, 4
+ERR_UNSUP, ERR_POLICY, ERR_UNKNOWN = 0x80000001, 0x80000002, 0x80000006
+T_NONE, T_DATA, T_HOLE, T_BS, T_ERR, T_ERR_OFF = 0, 1, 2, 5, 0x8001, 0x8002
+
+
+def cookie(k):
+    return (k + 1) << 32 | k
+
+
+def simple(err, ck, data=b""):
+    return struct.pack(">IIQ", SIMPLE, err, ck) + data
+
+
+def chunk(flags, typ, ck, payload):
+    return struct.pack(">IHHQI", CHUNK, flags, typ, ck, len(payload)) + payload
+
+
+def data(flags, ck, off, n):
+    return chunk(flags, T_DATA, ck, struct.pack(">Q", off) + bytes((off + i) & 0xFF for i in range(n)))
+
+
+def hole(flags, ck, off, n):
+    return chunk(flags, T_HOLE, ck, struct.pack(">QI", off, n))
+
+
+def none(ck):
+    return chunk(DONE, T_NONE, ck, b"")
+
+
+def err(flags, ck, e, msg=b"", off=None):
+    p = struct.pack(">IH", e, len(msg)) + msg
+    if off is not None:
+        return chunk(flags, T_ERR_OFF, ck, p + struct.pack(">Q", off))
+    return chunk(flags, T_ERR, ck, p)
+
+
+def bs(flags, ck, ctx, extents):
+    return chunk(flags, T_BS, ck, struct.pack(">I", ctx) + b"".join(struct.pack(">II", l, f) for l, f in extents))
+
+
+def rep(opt, typ, payload=b""):
+    return struct.pack(">QIII", REPMAGIC, opt, typ, len(payload)) + payload
+
+
+def greeting(flags):
+    return struct.pack(">QQH", NBDMAGIC, IHAVEOPT, flags)
+
+
+def info_export(opt, size, tflags):
+    return rep(opt, REP_INFO, struct.pack(">HQH", 0, size, tflags))
+
+
+def info_bs(opt, mn, pref, mx):
+    return rep(opt, REP_INFO, struct.pack(">HIII", 3, mn, pref, mx))
+
+
+def info_str(opt, typ, s):
+    return rep(opt, REP_INFO, struct.pack(">H", typ) + s)
+
+
+def meta(ctx, name):
+    return rep(OPT_SET_META, REP_META, struct.pack(">I", ctx) + name)
+
+
+def server(name, desc=b""):
+    return rep(OPT_LIST, REP_SERVER, struct.pack(">I", len(name)) + name + desc)
+
+
+def write(sub, name, payload):
+    d = os.path.join(HERE, "corpus", sub)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(payload)
+
+
+# ---- reply harness: mode byte (bit0 SR, bit1 REQ_ONE, bit2 big READ, bit3 ctx id 1) ----
+# Commands: 0 READ 0+4096, 1 WRITE 4096+512, 2 BLOCK_STATUS 0+65536, 3 FLUSH,
+# 4 READ 0x10000+512, 5 TRIM 0+1M, 6 WRITE_ZEROES, 7 READ 1M+128K (bit 2).
+def all_simple():
+    return (simple(0, cookie(1)) + simple(0, cookie(0), bytes(i & 0xFF for i in range(4096)))
+            + simple(0, cookie(3)) + simple(5, cookie(2)) + simple(0, cookie(4), b"\x55" * 512)
+            + simple(22, cookie(5)) + simple(28, cookie(6)))
+
+
+write("reply", "simple-all", bytes([0]) + all_simple())
+write("reply", "simple-big-read", bytes([4]) + all_simple() + simple(0, cookie(7), b"\xaa" * 131072))
+write("reply", "simple-errors-only", bytes([0]) + b"".join(simple(e, cookie(k)) for k, e in
+                                                          enumerate([1, 5, 12, 22, 28, 75, 95])))
+write("reply", "simple-eof-mid-data", bytes([0]) + simple(0, cookie(0), b"\x01" * 100))
+write("reply", "simple-bad-magic", bytes([0]) + simple(0, cookie(3)) + struct.pack(">I", 0x12560953) + b"\0" * 12)
+
+sr = (data(0, cookie(0), 0, 2048) + hole(0, cookie(0), 2048, 2048) + none(cookie(0))
+      + none(cookie(1))
+      + bs(0, cookie(2), 0, [(4096, 0), (61440, 3)]) + none(cookie(2))
+      + simple(0, cookie(3))
+      + data(DONE, cookie(4), 0x10000, 512)
+      + err(DONE, cookie(5), 95, b"trim not supported")
+      + err(DONE, cookie(6), 28, b"full", off=(1 << 64) - 4096 + 512))
+write("reply", "sr-all", bytes([1]) + sr)
+write("reply", "sr-reqone-ctx1", bytes([1 | 2 | 8]) + data(DONE, cookie(0), 0, 4096) + none(cookie(1))
+      + bs(DONE, cookie(2), 1, [(512, 1)]) + none(cookie(3)) + hole(DONE, cookie(4), 0x10000, 512)
+      + none(cookie(5)) + none(cookie(6)))
+big = b"".join(data(0, cookie(7), (1 << 20) + i * 32768, 32768) for i in range(3, -1, -1)) + none(cookie(7))
+write("reply", "sr-big-read", bytes([1 | 4]) + sr + big)
+write("reply", "sr-interleaved", bytes([1]) + data(0, cookie(0), 1024, 3072) + data(0, cookie(4), 0x10000, 256)
+      + data(DONE, cookie(0), 0, 1024) + hole(DONE, cookie(4), 0x10000 + 256, 256)
+      + chunk(0, T_DATA, 0xDEADBEEF00000000, b"\0" * 100) + err(DONE, cookie(1), 1, b"read-only"))
+write("reply", "sr-gap-overlap", bytes([1]) + data(0, cookie(0), 0, 2048) + data(DONE, cookie(0), 1024, 2048)
+      + data(DONE, cookie(4), 0x10000, 256) + err(0, cookie(1), 0) + none(cookie(1)))
+write("reply", "simple-eshutdown", bytes([0]) + simple(0, cookie(1)) + simple(108, cookie(3))
+      + simple(0, cookie(0), b"\x02" * 4096) + simple(5, cookie(2)))
+write("reply", "sr-eshutdown", bytes([1]) + err(DONE, cookie(5), 108, b"going down") + none(cookie(1))
+      + data(DONE, cookie(0), 0, 4096) + none(cookie(3)))
+write("reply", "sr-unknown-type", bytes([1]) + none(cookie(3)) + chunk(DONE, 3, cookie(0), b"\0" * 4))
+write("reply", "sr-chunk-when-off", bytes([0]) + none(cookie(3)))
+
+# ---- handshake harness: mode byte (bit0 SR, bit1 block status, bit2 export "disk",
+# bit3 LIST, bit4 LIST+INFO); after GO the transmission phase: READ 0+1024 (cookie(0)),
+# WRITE 512+512 (cookie(1)). ----
+def go_ok(size=1 << 20, tflags=0x4D, name=b"disk"):
+    return (info_bs(OPT_GO, 512, 4096, 1 << 20) + info_str(OPT_GO, 1, name)
+            + info_export(OPT_GO, size, tflags) + info_str(OPT_GO, 2, b"a test disk") + rep(OPT_GO, REP_ACK))
+
+
+sr_tx = data(0, cookie(0), 0, 512) + hole(DONE, cookie(0), 512, 512) + none(cookie(1))
+simple_tx = simple(0, cookie(0), b"\x11" * 1024) + simple(0, cookie(1))
+write("handshake", "go-full", bytes([1 | 2 | 4]) + greeting(3) + rep(OPT_SR, REP_ACK)
+      + meta(7, b"base:allocation") + rep(OPT_SET_META, REP_ACK) + go_ok() + sr_tx)
+write("handshake", "go-default-export", bytes([1 | 2]) + greeting(3) + rep(OPT_SR, REP_ACK)
+      + meta(0, b"base:allocation") + rep(OPT_SET_META, REP_ACK) + go_ok(name=b"") + sr_tx)
+write("handshake", "go-plain", bytes([4]) + greeting(1) + info_export(OPT_GO, 4096, 1) + rep(OPT_GO, REP_ACK)
+      + simple_tx)
+write("handshake", "go-sr-unsup", bytes([1 | 2 | 4]) + greeting(3) + rep(OPT_SR, ERR_UNSUP, b"no")
+      + go_ok() + simple_tx)
+write("handshake", "export-name-nozeroes", bytes([4]) + greeting(3) + rep(OPT_GO, ERR_UNSUP)
+      + struct.pack(">QH", 1 << 20, 1) + simple_tx)
+write("handshake", "export-name-zeroes", bytes([1 | 4]) + greeting(1) + rep(OPT_SR, REP_ACK)
+      + rep(OPT_GO, ERR_UNSUP) + struct.pack(">QH", 1 << 20, 1) + b"\0" * 124 + sr_tx)
+write("handshake", "nonfixed-newstyle", bytes([4]) + greeting(0) + struct.pack(">QH", 1 << 20, 1) + b"\0" * 124
+      + simple_tx)
+write("handshake", "oldstyle", bytes([0]) + struct.pack(">QQQI", NBDMAGIC, OLDSTYLE, 1 << 20, 1) + b"\0" * 124
+      + simple_tx)
+write("handshake", "unknown-export", bytes([4]) + greeting(1) + rep(OPT_GO, ERR_UNKNOWN, b"no such export")
+      + rep(OPT_ABORT, REP_ACK))
+write("handshake", "list", bytes([8]) + greeting(1) + server(b"a", b"first") + server(b"")
+      + server(b"b/c") + rep(OPT_LIST, REP_ACK) + rep(OPT_ABORT, REP_ACK))
+write("handshake", "list-info", bytes([8 | 16]) + greeting(1) + server(b"a") + server(b"b") + rep(OPT_LIST, REP_ACK)
+      + info_export(OPT_INFO, 4096, 1) + rep(OPT_INFO, REP_ACK) + rep(OPT_INFO, ERR_UNKNOWN)
+      + rep(OPT_ABORT, REP_ACK))
+
+# bit 5: TLS if offered, bit 6: TLS required (the TLS handshake itself cannot succeed here).
+write("handshake", "tls-on-refused", bytes([0x20 | 1 | 2 | 4]) + greeting(3) + rep(OPT_STARTTLS, ERR_UNSUP)
+      + rep(OPT_SR, REP_ACK) + meta(1, b"base:allocation") + rep(OPT_SET_META, REP_ACK) + go_ok() + sr_tx)
+write("handshake", "tls-required-refused", bytes([0x40 | 4]) + greeting(3) + rep(OPT_STARTTLS, ERR_POLICY, b"no")
+      + rep(OPT_ABORT, REP_ACK))
+write("handshake", "tls-required-ack", bytes([0x40 | 4]) + greeting(3) + rep(OPT_STARTTLS, REP_ACK)
+      + b"\x16\x03\x03\x00\x05hello")
+write("handshake", "tls-list-refused", bytes([0x40 | 8]) + greeting(1) + rep(OPT_STARTTLS, ERR_POLICY))
+
+# ---- uri harness: URIs, export names and file names ----
+uris = [
+    b"nbd://example.com", b"nbd://h/disk", b"nbd://h//disk", b"nbd://h/a%2Fb", b"nbd://h/%3Fx%23y",
+    b"nbd+unix:///.?socket=s", b"nbds://alice@[2001:db8::5]:10810/vm-1?tls-type=psk&tls-psk-file=/etc/nbd/keys.psk",
+    b"nbds+unix:///disk?socket=/run/nbd.sock&tls-hostname=nbd.example.com", b"nbd+unix:///?socket=%00/abstract",
+    b"nbd+vsock://2/", b"nbd://[fe80::1%25eth0]:99/d", b"NBD://h:/x?x-a=1&&tls-verify-peer=false",
+    b"nbd://h/disk#frag", b"%64isk", b"a%2Fb%2E%2E", b"..",
+]
+for i, u in enumerate(uris):
+    write("uri", "seed-%02d" % i, u)
+# Regressions found by fuzzing and review: control characters in a rejected
+# URI (the reason must stay one printable line), and URIs that
+# nbd_uri_format did not write back faithfully.
+write("uri", "regress-newline-in-scheme", b"2" + b"\xff" * 7 + b"\n" * 33 + b"\xff.://`")
+write("uri", "regress-escape-in-key", b"nbd://h/?x\x1b[2J=1")
+write("uri", "regress-zone-id", b"nbd://[fe80::1%25eth0]:99/d")
+write("uri", "regress-at-in-user", b"nbd://b%40b@h/x")
+write("uri", "regress-long-escaped-export", b"nbd://h/" + b"%25" * 4096)
+write("uri", "regress-long-host", b"nbD://examp" + b"\x18" * 3 + b"\x1c\x18" + b"\x04" * 250 + b"e.com")
