@@ -217,7 +217,10 @@ static void open_ready(void *arg, struct fs_file *f, int err)
     fuse_reply_err(o->req, EROFS);
   } else {
     o->fi.fh = (uintptr_t)f;
-    o->fi.direct_io = o->fs->direct_io;
+    /* O_DIRECT asks to bypass the cache anyway; a direct_io handle also
+     * spares every write the kernel's security.capability lookup (one
+     * synchronous round trip per write on cached handles). */
+    o->fi.direct_io = o->fs->direct_io || (o->fi.flags & O_DIRECT);
     o->fi.keep_cache = 0;
     if (fuse_reply_open(o->req, &o->fi) != 0) /* interrupted: no release will come */
       fs_file_release(o->fs, f);
