@@ -27,6 +27,7 @@ struct transport {
   const struct transport_ops *ops;
   int fd;               /* the socket, or -1 */
   void *priv;
+  char last_error[160]; /* what a failed recv/send could say more (TLS alerts) */
 };
 
 /* Connect to the server the URI names.  timeout_s bounds the connect (0: the

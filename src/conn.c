@@ -166,8 +166,11 @@ void nbd_conn_kill(struct nbd_conn *c, const char *why)
   atomic_store(&c->dead, true);
   pthread_cond_broadcast(&c->tab_cond);
   pthread_mutex_unlock(&c->tab_lock);
-  /* Wakes the owner loop, which fails what is in flight. */
+  /* Wakes the owner loop, which fails what is in flight.  Under the send
+   * lock, so it cannot cut between an orderly DISC and TLS close_notify. */
+  pthread_mutex_lock(&c->send_lock);
   transport_shutdown(c->t, false);
+  pthread_mutex_unlock(&c->send_lock);
 }
 
 /* ---- send side ---- */
@@ -717,8 +720,9 @@ static int rx_feed(struct nbd_conn *c)
                              ? "server closed the connection"
                              : "server closed the connection in the middle of a reply");
       } else {
-        char why[96];
-        snprintf(why, sizeof why, "receive failed: %s", strerror((int)-r));
+        char why[200];
+        snprintf(why, sizeof why, "receive failed: %s",
+                 c->t->last_error[0] ? c->t->last_error : strerror((int)-r));
         nbd_conn_kill(c, why);
       }
       return -1;
@@ -885,20 +889,18 @@ void nbd_conn_disconnect(struct nbd_conn *c)
   struct nbd_request rq = { .type = NBD_CMD_DISC };
   nbd_encode_request(hdr, &rq);
   struct iovec iov = { hdr, sizeof hdr };
+  /* DISC, whatever is still queued before it, and the TLS close_notify go
+   * out in one critical section: the server hangs up as soon as it reads
+   * DISC, and our half-close must already be on its way by then. */
   pthread_mutex_lock(&c->send_lock);
   int r = send_or_queue(c, &iov, 1);
-  pthread_mutex_unlock(&c->send_lock);
-  /* Let the queue drain (the owner loop sends it), then half-close and wait
-   * for the server to hang up. */
-  for (int i = 0; r == 0 && i < 200; i++) {
-    pthread_mutex_lock(&c->send_lock);
-    bool empty = c->out_len == 0;
-    pthread_mutex_unlock(&c->send_lock);
-    if (empty)
-      break;
-    usleep(10000);
+  for (int i = 0; r == 0 && c->attached && c->out_len > 0 && i < 200; i++) {
+    struct pollfd pf = { .fd = c->t->fd, .events = POLLOUT };
+    poll(&pf, 1, 10);
+    r = outq_flush(c);
   }
   transport_shutdown(c->t, true);
+  pthread_mutex_unlock(&c->send_lock);
   if (!c->attached)
     return;
   /* The owner loop sees the server hang up and detaches the connection;

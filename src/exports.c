@@ -184,11 +184,7 @@ int fs_list_exports(struct fs *fs, char *err, size_t errlen)
   int n = nbd_list_exports(t, &o, &list, &infos, why, sizeof why);
   transport_destroy(t);
   if (n < 0) {
-    if (n == -EACCES || n == -ENOTSUP)
-      snprintf(err, errlen, "%s: cannot list exports: %s%s", where, why,
-               n == -EACCES ? " (nbd-server lists exports only with 'allowlist = true')" : "");
-    else
-      snprintf(err, errlen, "%s: cannot list exports: %s", where, why);
+    snprintf(err, errlen, "%s: cannot list exports: %s", where, why);
     return n;
   }
   /* Mark everything gone, then revive what the server still lists. */

@@ -54,6 +54,8 @@ static int hs_recv(struct hs *h, void *buf, size_t len, const char *what)
       return hs_fail(h, -ECONNRESET, "server closed the connection during the handshake (waiting for %s)", what);
     if (r == -EAGAIN)
       continue; /* loop re-checks the deadline */
+    if (r < 0 && h->t->last_error[0])
+      return hs_fail(h, (int)r, "%s (waiting for %s)", h->t->last_error, what);
     if (r < 0)
       return hs_fail(h, (int)r, "receiving %s: %s", what, strerror((int)-r));
     p += r;
@@ -68,6 +70,8 @@ static int hs_send(struct hs *h, const void *a, size_t alen, const void *b, size
   int r = hs_arm_timeout(h);
   if (r == 0)
     r = transport_send_all(h->t, iov, blen ? 2 : 1);
+  if (r < 0 && h->t->last_error[0])
+    return hs_fail(h, r, "%s", h->t->last_error);
   if (r == -EPIPE || r == -ECONNRESET)
     return hs_fail(h, -ECONNRESET, "server closed the connection during the handshake");
   if (r < 0)
@@ -555,7 +559,9 @@ int nbd_list_exports(struct transport *t, const struct nbd_hs_opts *o,
       break;
     }
     if (r.type != NBD_REP_SERVER) {
-      e = (r.type & NBD_REP_FLAG_ERROR)
+      e = r.type == NBD_REP_ERR_POLICY
+              ? hs_fail(&h, -EACCES, "the server's policy forbids listing exports (nbd-server lists them only with 'allowlist = true')")
+          : (r.type & NBD_REP_FLAG_ERROR)
               ? reply_error(&h, &r, p, "server refused to list its exports")
               : hs_fail(&h, -EPROTO, "protocol violation: %s reply to NBD_OPT_LIST",
                         nbd_rep_name(r.type));
