@@ -2,7 +2,8 @@
  * base:allocation.
  *
  * Answers are cached briefly (other clients may change the export) and
- * forgotten for any range that this mount writes, trims or zeroes.  Scans
+ * forgotten whenever this mount writes, trims or zeroes (a write changes
+ * allocation at the server's granularity, not only where it wrote).  Scans
  * ask for long ranges at once and are bounded: past the budget, the rest is
  * reported as data, which is always a safe answer.
  */
@@ -18,7 +19,8 @@ struct extent_cache;
 struct extent_cache *extent_cache_new(void);
 void extent_cache_free(struct extent_cache *ec);
 
-/* Forget [off, off+len) (a write, trim or zero is about to change it). */
+/* [off, off+len) is about to be written, trimmed or zeroed: forget what
+ * the cache knows (all of it; see extents.c). */
 void extents_invalidate(struct nbd_pool *p, uint64_t off, uint64_t len);
 
 /* SEEK_DATA (data=true) or SEEK_HOLE from off.  cb gets 0 and the offset,

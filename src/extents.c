@@ -135,14 +135,20 @@ static void insert(struct extent_cache *ec, uint64_t start, uint64_t end, uint32
   ec->n++;
 }
 
+/* A write changes allocation at the server's granularity (a 32 KiB page, a
+ * qcow2 cluster, a 4 MiB object), which we cannot know: a few bytes can
+ * turn a whole cached hole around them into data.  So any write, trim or
+ * zero forgets every cached extent; the generation bump also discards the
+ * answers of scans still in flight. */
 void extents_invalidate(struct nbd_pool *p, uint64_t off, uint64_t len)
 {
+  (void)off;
+  (void)len;
   struct extent_cache *ec = p->extents;
   pthread_mutex_lock(&ec->lock);
   ec->gen++;
   ec->alloc_valid = false;
-  if (ec->n)
-    cut(ec, off, off + len);
+  ec->n = 0;
   pthread_mutex_unlock(&ec->lock);
 }
 

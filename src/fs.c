@@ -74,6 +74,16 @@ static void file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held, s
   fill_times(fs, st);
 }
 
+/* How long the kernel may keep attributes: not at all while st_blocks is
+ * only a guess (allocation not known yet), so the next stat asks again. */
+static double attr_timeout(struct nbd_pool *held)
+{
+  uint64_t bytes;
+  if (held && held->s.have_base_alloc && !extents_allocated_cached(held, &bytes))
+    return 0;
+  return ATTR_TIMEOUT;
+}
+
 static void dir_stat(struct fs *fs, struct stat *st)
 {
   memset(st, 0, sizeof *st);
@@ -108,11 +118,12 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
     fuse_reply_err(req, fs->mode == FS_NAKED ? ENOTDIR : ENOENT);
     return;
   }
-  struct fuse_entry_param e = { .ino = f->ino, .attr_timeout = ATTR_TIMEOUT,
+  struct fuse_entry_param e = { .ino = f->ino,
                                 .entry_timeout = fs->mode == FS_EXPORTS ? EXPORT_ENTRY_TIMEOUT
                                                                         : ENTRY_TIMEOUT };
   struct nbd_pool *p = hold_pool(f);
   file_stat(fs, f, p, &e.attr);
+  e.attr_timeout = attr_timeout(p);
   if (p)
     fs_file_release(fs, f);
   fuse_reply_entry(req, &e);
@@ -163,9 +174,10 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     }
   }
   file_stat(fs, f, p, &st);
+  double timeout = attr_timeout(p);
   if (p)
     fs_file_release(fs, f);
-  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+  fuse_reply_attr(req, &st, timeout);
 }
 
 static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
@@ -196,9 +208,10 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
   struct stat st;
   struct nbd_pool *p = hold_pool(f);
   file_stat(fs, f, p, &st);
+  double timeout = attr_timeout(p);
   if (p)
     fs_file_release(fs, f);
-  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+  fuse_reply_attr(req, &st, timeout);
 }
 
 struct open_ctx {
@@ -306,6 +319,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 struct write_op {
   struct nbd_op op;
   fuse_req_t req;
+  struct nbd_pool *pool;
   size_t len;
   bool flush_after;  /* O_DSYNC without FUA: FLUSH before answering */
 };
@@ -316,7 +330,7 @@ static void write_complete(struct nbd_op *op, int err)
   if (!err && w->flush_after) {
     w->flush_after = false;
     nbd_op_init(&w->op, write_complete);
-    nbd_pool_flush(op->pool, &w->op);
+    nbd_pool_flush(w->pool, &w->op);
     nbd_op_put(&w->op);
     return;
   }
@@ -357,6 +371,7 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   uint16_t flags = (sync && (tflags & NBD_FLAG_SEND_FUA)) ? NBD_CMD_FLAG_FUA : 0;
   nbd_op_init(&w->op, write_complete);
   w->req = req;
+  w->pool = f->pool;
   w->len = size;
   w->flush_after = sync && !flags;
   blockio_write(f->pool, &w->op, flags, (uint64_t)off, size, buf);
