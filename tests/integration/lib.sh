@@ -358,3 +358,30 @@ for e in json.load(sys.stdin):
 for s, n, d in out:
     print(s, n, d)'
 }
+
+# serve_nbd_server [GENERIC_OPTION...] <<EOF ... EOF: nbd-server (forking,
+# so nbdfs may connect several times) on a free port of 127.0.0.1.  The
+# export sections of its config come on stdin; arguments are extra
+# [generic] lines ("allowlist = true").  Sets PORT and SERVER_PID; a lost
+# race for the port is retried.
+serve_nbd_server() {
+  local sections try opt
+  sections=$(cat)
+  for try in 1 2 3 4 5; do
+    PORT=$(free_port)
+    {
+      printf '[generic]\n    port = %s\n    listenaddr = 127.0.0.1\n' "$PORT"
+      for opt in "$@"; do printf '    %s\n' "$opt"; done
+      printf '%s\n' "$sections"
+    } >"$T/nbd-server.conf"
+    rm -f "$T/nbd-server.pid"
+    nbd-server -C "$T/nbd-server.conf" -p "$T/nbd-server.pid" >"$T/nbd-server.log" 2>&1 ||
+      fail "nbd-server did not start: $(cat "$T/nbd-server.log")"
+    if wait_until 10 test -s "$T/nbd-server.pid"; then
+      SERVER_PID=$(cat "$T/nbd-server.pid")
+      track_pid "$SERVER_PID"
+      wait_until 10 eval '(exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null' && return 0
+    fi
+  done
+  fail "nbd-server did not come up: $(cat "$T/nbd-server.log")"
+}

@@ -19,17 +19,9 @@ rand_file "$B" $((3 * MiB + 4096))
 rand_file "$R" $((2 * MiB))
 for f in "$A" "$B" "$R"; do cp "$f" "$f.orig"; done
 
-# start_nbd_server ALLOWLIST: nbd-server (forking mode: nbdfs connects more
-# than once) with the three exports; a lost race for the port is retried.
+# start_nbd_server ALLOWLIST: the three exports, listable or not.
 start_nbd_server() {
-  local try
-  for try in 1 2 3 4 5; do
-    PORT=$(free_port)
-    cat >"$T/nbd-server.conf" <<EOF
-[generic]
-    port = $PORT
-    listenaddr = 127.0.0.1
-    allowlist = $1
+  serve_nbd_server "allowlist = $1" <<EOF
 [alpha]
     exportname = $A
 [beta]
@@ -38,16 +30,6 @@ start_nbd_server() {
     exportname = $R
     readonly = true
 EOF
-    rm -f "$T/nbd-server.pid"
-    nbd-server -C "$T/nbd-server.conf" -p "$T/nbd-server.pid" >"$T/nbd-server.log" 2>&1 ||
-      fail "nbd-server did not start: $(cat "$T/nbd-server.log")"
-    if wait_until 10 test -s "$T/nbd-server.pid"; then
-      SERVER_PID=$(cat "$T/nbd-server.pid")
-      track_pid "$SERVER_PID"
-      wait_until 10 eval '(exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null' && return 0
-    fi
-  done
-  fail "nbd-server did not come up: $(cat "$T/nbd-server.log")"
 }
 
 stop_nbd_server() {

@@ -45,29 +45,13 @@ KIT=$(unix_uri "$SOCK")
 rand_file "$T/plain.img" $((2 * MiB))
 rand_file "$T/plainro.img" $((MiB))
 start_nbd_server() {
-  local try
-  for try in 1 2 3 4 5; do
-    PORT=$(free_port)
-    cat >"$T/nbd-server.conf" <<EOF
-[generic]
-    port = $PORT
-    listenaddr = 127.0.0.1
-    allowlist = true
+  serve_nbd_server "allowlist = true" <<EOF
 [plain]
     exportname = $T/plain.img
 [plainro]
     exportname = $T/plainro.img
     readonly = true
 EOF
-    rm -f "$T/nbd-server.pid"
-    nbd-server -C "$T/nbd-server.conf" -p "$T/nbd-server.pid" >"$T/nbd-server.log" 2>&1 ||
-      fail "nbd-server did not start: $(cat "$T/nbd-server.log")"
-    if wait_until 10 test -s "$T/nbd-server.pid"; then
-      track_pid "$(cat "$T/nbd-server.pid")"
-      wait_until 10 eval '(exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null' && return 0
-    fi
-  done
-  fail "nbd-server did not come up: $(cat "$T/nbd-server.log")"
 }
 start_nbd_server
 NBDS=nbd://127.0.0.1:$PORT

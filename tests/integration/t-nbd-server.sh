@@ -17,33 +17,14 @@ write_at "$IMG" $((3 * MiB)) "$T/init"
 cp "$IMG" "$T/expected.img"
 rand_file "$RO" $((4 * MiB))
 
-# nbd-server forks into the background (its -d mode serves a single
-# client); a lost race for the free port is retried.
 start_nbd_server() {
-  local try
-  for try in 1 2 3 4 5; do
-    PORT=$(free_port)
-    cat >"$T/nbd-server.conf" <<EOF
-[generic]
-    port = $PORT
-    listenaddr = 127.0.0.1
-    allowlist = true
+  serve_nbd_server "allowlist = true" <<EOF
 [data]
     exportname = $IMG
 [ro]
     exportname = $RO
     readonly = true
 EOF
-    rm -f "$T/nbd-server.pid"
-    nbd-server -C "$T/nbd-server.conf" -p "$T/nbd-server.pid" >"$T/nbd-server.log" 2>&1 ||
-      fail "nbd-server did not start: $(cat "$T/nbd-server.log")"
-    if wait_until 10 test -s "$T/nbd-server.pid"; then
-      SERVER_PID=$(cat "$T/nbd-server.pid")
-      track_pid "$SERVER_PID"
-      wait_until 10 eval '(exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null' && return 0
-    fi
-  done
-  fail "nbd-server did not come up: $(cat "$T/nbd-server.log")"
 }
 start_nbd_server
 URI=nbd://127.0.0.1:$PORT
