@@ -39,8 +39,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 NBDFS=${NBDFS_BIN:-$ROOT/build/nbdfs}
 PATHS=(nbdfs nbdfuse direct)
 
-say() { printf 'bench-convert: %s\n' "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+BENCH_NAME=bench-convert
+. "$ROOT/contrib/bench-lib.sh"
 
 case "${1:-}" in
     -h|--help) sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -52,31 +52,8 @@ for v in SIZE_GIB DATA_PCT CHUNKS RUNS; do
 done
 ((DATA_PCT < 100)) || die "BENCH_DATA_PCT must be below 100"
 
-# ---------------------------------------------------------------- packages and build
-as_root() {
-    if ((EUID == 0)); then "$@"
-    elif command -v sudo >/dev/null; then sudo "$@"
-    else die "need root to run: $*"; fi
-}
-APT_UPDATED=0
-ensure_pkgs() {
-    local missing=() p
-    for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-    ((${#missing[@]})) || return 0
-    say "installing ${missing[*]}"
-    if ((!APT_UPDATED)); then as_root apt-get update -qq || die "apt-get update failed"; APT_UPDATED=1; fi
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null || die "apt-get install ${missing[*]} failed"
-}
 ensure_pkgs nbdkit qemu-utils libnbd-bin fuse3 coreutils
-if [[ ! -x $NBDFS ]]; then
-    [[ -n ${NBDFS_BIN:-} ]] && die "NBDFS_BIN=$NBDFS_BIN is not an executable"
-    ensure_pkgs meson ninja-build gcc pkg-config libfuse3-dev libgnutls28-dev
-    say "building nbdfs"
-    (cd "$ROOT" && { [[ -d build ]] || meson setup build >/dev/null; } && meson compile -C build >/dev/null) \
-        || die "building nbdfs failed"
-    [[ -x $NBDFS ]] || die "build did not produce $NBDFS"
-fi
+ensure_nbdfs
 [[ -e /dev/fuse ]] || die "/dev/fuse is missing"
 
 # ---------------------------------------------------------------- state and cleanup
@@ -86,29 +63,6 @@ DAEMON_PID=""
 MOUNT_DIR=""
 JOB_PID=""
 
-pid_alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
-wait_gone() {   # PID TENTHS: wait for PID to go away; reap it if it is our child
-    local pid=$1 n=$2
-    while pid_alive "$pid" && ((n-- > 0)); do sleep 0.1; done
-    pid_alive "$pid" && return 1
-    wait "$pid" 2>/dev/null
-    return 0
-}
-stop_pid() {
-    local pid=$1
-    pid_alive "$pid" || { [[ -n $pid ]] && wait "$pid" 2>/dev/null; return 0; }
-    kill -TERM "$pid" 2>/dev/null
-    wait_gone "$pid" 50 && return 0
-    kill -KILL "$pid" 2>/dev/null
-    wait_gone "$pid" 30
-}
-unmount_dir() {
-    local dir=$1
-    [[ -n $dir ]] && grep -q " $dir fuse" /proc/mounts || return 0
-    fusermount3 -u "$dir" 2>/dev/null && return 0
-    sleep 1
-    fusermount3 -u "$dir" 2>/dev/null || fusermount3 -uz "$dir" 2>/dev/null || umount -l "$dir" 2>/dev/null
-}
 stop_daemon() {
     unmount_dir "$MOUNT_DIR"
     if [[ -n $DAEMON_PID ]]; then

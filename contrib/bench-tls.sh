@@ -37,8 +37,8 @@ NBDFS=${NBDFS_BIN:-$ROOT/build/nbdfs}
 PATHS=(nbdfs-psk nbdfuse-psk nbdfs-x509 nbdfuse-x509 nbdfs-plain)
 JOBS=(seqwrite-1M seqread-1M)
 
-say() { printf 'bench-tls: %s\n' "$*" >&2; }
-die() { say "error: $*"; exit 1; }
+BENCH_NAME=bench-tls
+. "$ROOT/contrib/bench-lib.sh"
 
 case "${1:-}" in
     -h|--help) sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -49,7 +49,7 @@ esac
 for c in nbdkit fio nbdfuse certtool psktool fusermount3 python3; do
     command -v "$c" >/dev/null || die "$c is missing (packages: nbdkit fio libnbd-bin gnutls-bin fuse3 python3)"
 done
-[[ -x $NBDFS ]] || die "$NBDFS is not built (meson compile -C build)"
+ensure_nbdfs
 [[ -e /dev/fuse ]] || die "/dev/fuse is missing"
 
 # ---------------------------------------------------------------- state and cleanup
@@ -61,33 +61,9 @@ DAEMON_PID=""
 MOUNT_DIR=""
 FIO_PID=""
 
-pid_alive() { [[ -n $1 ]] && kill -0 "$1" 2>/dev/null; }
 
-# wait_gone PID TENTHS: wait for PID to go away; reap it if it is our child.
-wait_gone() {
-    local pid=$1 n=$2
-    while pid_alive "$pid" && ((n-- > 0)); do sleep 0.1; done
-    pid_alive "$pid" && return 1
-    wait "$pid" 2>/dev/null
-    return 0
-}
 
-stop_pid() {
-    local pid=$1
-    pid_alive "$pid" || { [[ -n $pid ]] && wait "$pid" 2>/dev/null; return 0; }
-    kill -TERM "$pid" 2>/dev/null
-    wait_gone "$pid" 50 && return 0
-    kill -KILL "$pid" 2>/dev/null
-    wait_gone "$pid" 30
-}
 
-unmount_dir() {
-    local dir=$1
-    [[ -n $dir ]] && grep -q " $dir fuse" /proc/mounts || return 0
-    fusermount3 -u "$dir" 2>/dev/null && return 0
-    sleep 1
-    fusermount3 -u "$dir" 2>/dev/null || fusermount3 -uz "$dir" 2>/dev/null
-}
 
 stop_daemon() {
     unmount_dir "$MOUNT_DIR"
