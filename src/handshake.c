@@ -560,7 +560,7 @@ int nbd_list_exports(struct transport *t, const struct nbd_hs_opts *o,
     }
     if (r.type != NBD_REP_SERVER) {
       e = r.type == NBD_REP_ERR_POLICY
-              ? hs_fail(&h, -EACCES, "the server's policy forbids listing exports (nbd-server lists them only with 'allowlist = true')")
+              ? reply_error(&h, &r, p, "server refused to list its exports (nbd-server lists them only with 'allowlist = true')")
           : (r.type & NBD_REP_FLAG_ERROR)
               ? reply_error(&h, &r, p, "server refused to list its exports")
               : hs_fail(&h, -EPROTO, "protocol violation: %s reply to NBD_OPT_LIST",

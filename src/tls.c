@@ -30,6 +30,7 @@ struct tls_creds {
   char *hostname;       /* verify against this (NULL: chain only) */
   bool sni;             /* hostname is a DNS name: send it as SNI */
   bool verify;
+  bool client_cert;     /* x509: a client certificate was loaded */
 };
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
@@ -105,6 +106,7 @@ static int load_x509(struct tls_creds *c, const struct tls_options *o, char *err
     if (r < 0)
       return fail(err, errlen, "TLS: cannot load client certificate %s: %s", path,
                   gnutls_strerror(r));
+    c->client_cert = true;
   }
   return 0;
 }
@@ -216,9 +218,22 @@ int tls_setup(const struct nbd_uri *u, const struct tls_options *cl, struct tls_
 
 struct tls_priv {
   gnutls_session_t s;
+  bool no_client_cert;  /* x509 without a client certificate (for hints) */
   bool send_pending;   /* a send returned E_AGAIN: retry with NULL, 0 */
   bool bye_sent;
 };
+
+/* With TLS 1.3 a server refuses a client certificate only after the
+ * handshake, often by just hanging up: say what the likely cause is. */
+static void hint_client_cert(struct transport *t)
+{
+  struct tls_priv *p = t->priv;
+  if (!p->no_client_cert)
+    return;
+  size_t n = strlen(t->last_error);
+  snprintf(t->last_error + n, sizeof t->last_error - n,
+           " (the server may require a client certificate; none was found)");
+}
 
 static ssize_t tls_recv(struct transport *t, void *buf, size_t len)
 {
@@ -240,9 +255,26 @@ static ssize_t tls_recv(struct transport *t, void *buf, size_t len)
                gnutls_alert_get_name(gnutls_alert_get(p->s)));
     else
       snprintf(t->last_error, sizeof t->last_error, "TLS: %s", gnutls_strerror((int)r));
+    hint_client_cert(t);
     log_info("TLS receive: %s", t->last_error);
     return -EIO;
   }
+}
+
+/* A send failed: the reason is usually an alert the server sent before it
+ * hung up (a refused client certificate, say).  Collect it if it is there. */
+static ssize_t send_failed(struct transport *t, ssize_t r)
+{
+  struct tls_priv *p = t->priv;
+  snprintf(t->last_error, sizeof t->last_error, "TLS: %s", gnutls_strerror((int)r));
+  struct pollfd pf = { .fd = t->fd, .events = POLLIN };
+  char scratch[256];
+  if (poll(&pf, 1, 0) == 1 &&
+      gnutls_record_recv(p->s, scratch, sizeof scratch) == GNUTLS_E_FATAL_ALERT_RECEIVED)
+    snprintf(t->last_error, sizeof t->last_error, "TLS: the server sent alert '%s'",
+             gnutls_alert_get_name(gnutls_alert_get(p->s)));
+  hint_client_cert(t);
+  return -EIO;
 }
 
 static ssize_t tls_sendv(struct transport *t, const struct iovec *iov, int iovcnt)
@@ -255,7 +287,7 @@ static ssize_t tls_sendv(struct transport *t, const struct iovec *iov, int iovcn
     if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED)
       return -EAGAIN;
     p->send_pending = false;
-    return r < 0 ? -EIO : r;
+    return r < 0 ? send_failed(t, r) : r;
   }
   size_t total = 0;
   uint8_t small[16384];
@@ -274,7 +306,7 @@ static ssize_t tls_sendv(struct transport *t, const struct iovec *iov, int iovcn
       p->send_pending = true;
       return -EAGAIN;
     }
-    return r < 0 ? -EIO : r;
+    return r < 0 ? send_failed(t, r) : r;
   }
   for (int i = 0; i < iovcnt; i++) {
     size_t off = 0;
@@ -286,7 +318,7 @@ static ssize_t tls_sendv(struct transport *t, const struct iovec *iov, int iovcn
         return total ? (ssize_t)total : -EAGAIN;
       }
       if (r < 0)
-        return total ? (ssize_t)total : -EIO;
+        return total ? (ssize_t)total : send_failed(t, r);
       off += (size_t)r;
       total += (size_t)r;
     }
@@ -393,6 +425,7 @@ int tls_start(struct transport *t, struct tls_creds *c, int timeout_s, char *err
     free(p);
     return -1;
   }
+  p->no_client_cert = !c->psk && !c->client_cert;
   t->ops = &tls_ops;
   t->priv = p;
   return 0;
