@@ -70,6 +70,10 @@ struct fs {
 
 extern const struct fuse_lowlevel_ops fs_ops;
 
+/* The thread that copies large read replies into the kernel. */
+int fs_reply_thread_start(void);
+void fs_reply_thread_stop(void);
+
 /* ---- exports.c: the table of files and their pools ---- */
 
 int fs_init_table(struct fs *fs);

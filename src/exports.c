@@ -402,6 +402,8 @@ static void *hk_main(void *arg)
 
 int fs_start(struct fs *fs)
 {
+  if (fs_reply_thread_start() < 0)
+    return -1;
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -442,6 +444,7 @@ void fs_shutdown(struct fs *fs)
   for (int i = 0; i < fs->nfiles; i++)
     if (fs->files[i]->pool)
       nbd_pool_shutdown(fs->files[i]->pool);
+  fs_reply_thread_stop();
 }
 
 void fs_free(struct fs *fs)
