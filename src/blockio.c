@@ -37,7 +37,6 @@ struct bwrite {
 
 static void bwrite_finish(struct bwrite *w, int err)
 {
-  extents_invalidate(w->p, w->a, w->b - w->a);
   if (w->locked)
     rangelock_release(&w->p->lock, &w->lk);
   nbd_op_fail(w->parent, err ? err : w->err);
@@ -129,6 +128,10 @@ void blockio_write(struct nbd_pool *p, struct nbd_op *op, uint16_t flags, uint64
   if (len == 0)
     return;
   uint64_t m = p->s.info.min_block;
+  if (m == 1) { /* any offset is fine: no locking, nothing to keep */
+    nbd_pool_io(p, op, NBD_CMD_WRITE, flags, off, len, (void *)buf);
+    return;
+  }
   struct bwrite *w = calloc(1, sizeof *w);
   if (!w) {
     nbd_op_fail(op, ENOMEM);
@@ -143,11 +146,6 @@ void blockio_write(struct nbd_pool *p, struct nbd_op *op, uint16_t flags, uint64
   w->a = round_down(off, m);
   w->b = round_up(off + len, m);
   w->ubuf = buf;
-  extents_invalidate(p, w->a, w->b - w->a);
-  if (m == 1) { /* any offset is fine: no locking needed */
-    write_image(w, off, len, buf);
-    return;
-  }
   if (w->a != off || w->b != off + len) {
     /* Partial blocks: build the image of whole blocks around the data. */
     w->bounce = malloc(w->b - w->a);
@@ -189,7 +187,6 @@ struct zpiece {
 
 static void bzero_finish(struct bzero *z, int err)
 {
-  extents_invalidate(z->p, z->start, z->end - z->start);
   if (z->locked)
     rangelock_release(&z->p->lock, &z->lk);
   nbd_op_fail(z->parent, err);
@@ -281,7 +278,6 @@ static void on_trimmed(struct nbd_op *op, int err)
     write_zero_pieces(z);
     return;
   }
-  extents_invalidate(z->p, z->start, z->end - z->start);
   extents_check_zero(z->p, z->start, z->end - z->start, on_trim_checked, z);
 }
 
@@ -338,7 +334,6 @@ void blockio_zero(struct nbd_pool *p, struct nbd_op *op, uint64_t off, uint64_t 
   z->start = a;
   z->end = b;
   pthread_mutex_init(&z->lock, NULL);
-  extents_invalidate(p, a, b - a);
   if (m == 1) {
     bzero_locked(z);
     return;

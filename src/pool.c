@@ -31,11 +31,14 @@ static void piece_done(void *arg, int err)
   nbd_op_put(op);
 }
 
+/* WRITE, TRIM and WRITE_ZEROES: count the write for flush accounting, and
+ * forget cached extents again (a scan may have started since we sent it). */
 static void write_piece_done(void *arg, int err)
 {
   struct nbd_op *op = arg;
   if (!err)
     atomic_fetch_add_explicit(&op->pool->writes_done, 1, memory_order_release);
+  extents_invalidate(op->pool, 0, 0);
   piece_done(arg, err);
 }
 
@@ -110,6 +113,8 @@ void nbd_pool_io(struct nbd_pool *p, struct nbd_op *op, uint16_t type, uint16_t 
                        : (UINT32_MAX / i->pref_block) * (uint64_t)i->pref_block;
   piece -= piece % i->min_block;
   nbd_done_fn done = type == NBD_CMD_READ ? piece_done : write_piece_done;
+  if (type != NBD_CMD_READ)
+    extents_invalidate(p, offset, len);
   uint8_t *b = buf;
   while (len > 0) {
     uint32_t n = (uint32_t)(len < piece ? len : piece);
