@@ -58,38 +58,8 @@ ensure_nbdfs
 
 # ---------------------------------------------------------------- state and cleanup
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/nbdfs-bench-convert.XXXXXX") || die "mktemp failed"
-SERVER_PID=""
-DAEMON_PID=""
-MOUNT_DIR=""
-JOB_PID=""
 
-stop_daemon() {
-    unmount_dir "$MOUNT_DIR"
-    if [[ -n $DAEMON_PID ]]; then
-        wait_gone "$DAEMON_PID" 100 || stop_pid "$DAEMON_PID"
-    fi
-    DAEMON_PID=""
-    MOUNT_DIR=""
-}
-CLEANED=0
-# shellcheck disable=SC2317  # invoked from the EXIT trap
-cleanup() {
-    ((CLEANED)) && return
-    CLEANED=1
-    trap '' INT TERM HUP
-    stop_pid "$JOB_PID"
-    stop_daemon
-    stop_pid "$SERVER_PID"
-    if grep -q " $TMP/" /proc/mounts; then
-        say "warning: something is still mounted under $TMP; leaving it"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT
-trap 'say interrupted; exit 130' INT
-trap 'say terminated; exit 143' TERM
-trap 'exit 129' HUP
+bench_trap_cleanup
 
 # run_bg CMD...: run in the background and wait, so that Ctrl-C reaches the trap at once.
 run_bg() {

@@ -64,3 +64,48 @@ unmount_dir() {
     fusermount3 -u "$dir" 2>/dev/null || fusermount3 -uz "$dir" 2>/dev/null || umount -l "$dir" 2>/dev/null
 }
 
+# What bench_cleanup tears down; scripts set these as they go.
+SERVER_PID=""      # the NBD server of the path being measured
+DAEMON_PID=""      # nbdfs or nbdfuse
+MOUNT_DIR=""
+JOB_PID=""         # fio or qemu-img running in the background
+
+stop_daemon() {
+    unmount_dir "$MOUNT_DIR"
+    if [[ -n $DAEMON_PID ]]; then
+        # A FUSE daemon exits by itself once unmounted; give it a moment before signalling.
+        wait_gone "$DAEMON_PID" 100 || stop_pid "$DAEMON_PID"
+    fi
+    DAEMON_PID=""
+    MOUNT_DIR=""
+}
+
+stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
+
+# bench_cleanup: stop everything above, let the script keep its results
+# (save_results, if it defines one), and remove $TMP unless something is
+# still mounted in it.  Installed for every exit by bench_trap_cleanup.
+CLEANED=0
+# shellcheck disable=SC2317  # invoked from the EXIT trap
+bench_cleanup() {
+    ((CLEANED)) && return
+    CLEANED=1
+    trap '' INT TERM HUP
+    stop_pid "$JOB_PID"
+    stop_daemon
+    stop_server
+    if declare -F save_results >/dev/null; then save_results; fi
+    [[ -n ${TMP:-} ]] || return 0
+    if grep -q " $TMP/" /proc/mounts; then
+        say "warning: something is still mounted under $TMP; leaving it"
+    else
+        rm -rf "$TMP"
+    fi
+}
+
+bench_trap_cleanup() {
+    trap bench_cleanup EXIT
+    trap 'say interrupted; exit 130' INT
+    trap 'say terminated; exit 143' TERM
+    trap 'exit 129' HUP
+}

@@ -56,48 +56,13 @@ ensure_nbdfs
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/nbdfs-bench-tls.XXXXXX") || die "mktemp failed"
 RES=$TMP/results
 mkdir -p "$RES"
-SERVER_PID=""
-DAEMON_PID=""
-MOUNT_DIR=""
-FIO_PID=""
 
-
-
-
-
-stop_daemon() {
-    unmount_dir "$MOUNT_DIR"
-    if [[ -n $DAEMON_PID ]]; then
-        wait_gone "$DAEMON_PID" 100 || stop_pid "$DAEMON_PID"
-    fi
-    DAEMON_PID=""
-    MOUNT_DIR=""
-}
-
-stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
-
-CLEANED=0
-# shellcheck disable=SC2317  # invoked from the EXIT trap
-cleanup() {
-    ((CLEANED)) && return
-    CLEANED=1
-    trap '' INT TERM HUP
-    stop_pid "$FIO_PID"
-    stop_daemon
-    stop_server
+save_results() {
     if [[ -n $OUTDIR ]]; then
         mkdir -p "$OUTDIR" && cp -r "$RES"/. "$OUTDIR"/ 2>/dev/null
     fi
-    if grep -q " $TMP/" /proc/mounts; then
-        say "warning: something is still mounted under $TMP; leaving it"
-    else
-        rm -rf "$TMP"
-    fi
 }
-trap cleanup EXIT
-trap 'say interrupted; exit 130' INT
-trap 'say terminated; exit 143' TERM
-trap 'exit 129' HUP
+bench_trap_cleanup
 
 # ---------------------------------------------------------------- credentials
 export HOME_TLS=$TMP/home
@@ -183,10 +148,10 @@ run_fio() {   # run_fio LOG ARGS...: in the background so Ctrl-C reaches the tra
     local log=$1 rc
     shift
     timeout --foreground -k 10 $((RUNTIME + RAMP + 120)) fio "$@" >"$log" 2>&1 &
-    FIO_PID=$!
-    wait "$FIO_PID"
+    JOB_PID=$!
+    wait "$JOB_PID"
     rc=$?
-    FIO_PID=""
+    JOB_PID=""
     return $rc
 }
 

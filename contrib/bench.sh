@@ -62,8 +62,6 @@ done
 ((${#SELECTED[@]})) || die "BENCH_ONLY selects nothing"
 selected() { case " ${SELECTED[*]} " in *" $1 "*) return 0 ;; esac; return 1; }
 
-
-
 pkgs=(fio nbdkit)    # Debian's nbdkit ships the memory plugin; Debian's fio has the nbd engine
 selected nbdfuse && pkgs+=(libnbd-bin)
 { selected nbdfs || selected nbdfuse; } && pkgs+=(fuse3)
@@ -77,50 +75,13 @@ selected nbdfs && ensure_nbdfs
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/nbdfs-bench.XXXXXX") || die "mktemp failed"
 RES=$TMP/results
 mkdir -p "$RES"
-SERVER_PID=""      # nbdkit of the path being measured
-DAEMON_PID=""      # nbdfs or nbdfuse
-MOUNT_DIR=""
-FIO_PID=""
 
-
-
-
-
-stop_daemon() {
-    unmount_dir "$MOUNT_DIR"
-    if [[ -n $DAEMON_PID ]]; then
-        # A FUSE daemon exits by itself once unmounted; give it a moment before signalling.
-        wait_gone "$DAEMON_PID" 100 || stop_pid "$DAEMON_PID"
-    fi
-    DAEMON_PID=""
-    MOUNT_DIR=""
-}
-
-stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
-
-CLEANED=0
-# shellcheck disable=SC2317  # invoked from the EXIT trap
-cleanup() {
-    ((CLEANED)) && return
-    CLEANED=1
-    trap '' INT TERM HUP
-    stop_pid "$FIO_PID"
-    stop_daemon
-    stop_server
+save_results() {
     if [[ -n $OUTDIR ]]; then
         mkdir -p "$OUTDIR" && cp -r "$RES"/. "$OUTDIR"/ 2>/dev/null
     fi
-    # Never delete a tree that something is still mounted in.
-    if grep -q " $TMP/" /proc/mounts; then
-        say "warning: something is still mounted under $TMP; leaving it"
-    else
-        rm -rf "$TMP"
-    fi
 }
-trap cleanup EXIT
-trap 'say interrupted; exit 130' INT
-trap 'say terminated; exit 143' TERM
-trap 'exit 129' HUP
+bench_trap_cleanup
 
 # ---------------------------------------------------------------- servers and mounts
 # start_server NAME: fresh nbdkit memory export on $TMP/NAME/nbd.sock; sets SERVER_PID, URI.
@@ -143,10 +104,10 @@ run_fio() {
     local log=$1 limit=$2 rc
     shift 2
     timeout --foreground -k 10 "$limit" fio "$@" >"$log" 2>&1 &
-    FIO_PID=$!
-    wait "$FIO_PID"
+    JOB_PID=$!
+    wait "$JOB_PID"
     rc=$?
-    FIO_PID=""
+    JOB_PID=""
     return $rc
 }
 
