@@ -337,6 +337,7 @@ void nbd_coverage_init(struct nbd_coverage *c)
   c->cap = 4;
   c->r = c->inl;
   c->covered = 0;
+  c->chunks = 0;
 }
 
 void nbd_coverage_free(struct nbd_coverage *c)
@@ -348,10 +349,27 @@ void nbd_coverage_free(struct nbd_coverage *c)
 
 int nbd_coverage_add(struct nbd_coverage *c, uint32_t start, uint32_t end)
 {
-  /* Ranges are kept sorted and disjoint; find the insertion point. */
-  uint32_t i = 0;
-  while (i < c->n && c->r[i].start < start)
-    i++;
+  /* Bound the work first: a hostile server may send any number of chunks,
+   * and those beyond the cap cost O(1) each. */
+  if (c->chunks < UINT32_MAX)
+    c->chunks++;
+  if (c->chunks > NBD_MAX_CHUNKS_PER_READ(c->covered + (end - start))) {
+    c->chunks = UINT32_MAX; /* above any cap: a later big chunk cannot undo it */
+    return -3;
+  }
+  if (end <= start) /* empty or reversed: never from a parsed chunk */
+    return -1;
+  /* Ranges are kept sorted and disjoint: binary search for the first one
+   * starting at or after start. */
+  uint32_t lo = 0, hi = c->n;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (c->r[mid].start < start)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  uint32_t i = lo;
   if (i > 0 && c->r[i - 1].end > start)
     return -1;
   if (i < c->n && c->r[i].start < end)

@@ -1,6 +1,7 @@
 /* test-proto.c: the pure wire layer (src/proto.c). */
 #include <errno.h>
 #include <string.h>
+#include <time.h>
 
 #include "check.h"
 #include "nbd-proto.h"
@@ -549,6 +550,153 @@ static void test_coverage(void)
   nbd_coverage_free(&c);
 }
 
+static double now_s(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static uint32_t xorshift(uint32_t *st)
+{
+  uint32_t x = *st;
+  x ^= x << 13;
+  x ^= x >> 17;
+  x ^= x << 5;
+  return *st = x;
+}
+
+/* Add every chunk [order[k]*size, +size) of a read; true when all return 0. */
+static bool add_all(struct nbd_coverage *c, const uint32_t *order, uint32_t n, uint32_t size)
+{
+  bool ok = true;
+  for (uint32_t k = 0; k < n; k++)
+    ok &= nbd_coverage_add(c, order[k] * size, order[k] * size + size) == 0;
+  return ok;
+}
+
+static bool sorted_disjoint(const struct nbd_coverage *c)
+{
+  bool ok = true;
+  for (uint32_t i = 0; i < c->n; i++)
+    ok &= c->r[i].start < c->r[i].end && (i + 1 == c->n || c->r[i].end < c->r[i + 1].start);
+  return ok;
+}
+
+static void test_coverage_cap(void)
+{
+  struct nbd_coverage c;
+  CHECK_EQ(NBD_MAX_CHUNKS_PER_READ(0), 1024, "small reads may take 1024 chunks");
+  CHECK_EQ(NBD_MAX_CHUNKS_PER_READ(512 * 1024), 1026, "512 KiB: 1024 sectors + 2 partial ends");
+  CHECK_EQ(NBD_MAX_CHUNKS_PER_READ(1024 * 1024), 2050, "1 MiB: 2048 sectors + 2 partial ends");
+  CHECK_EQ(NBD_MAX_CHUNKS_PER_READ(NBD_MAX_PAYLOAD), 65538, "32 MiB: 65538");
+  CHECK_EQ(NBD_MAX_CHUNKS_PER_READ(UINT32_MAX), 8388609, "no overflow for 4 GiB");
+
+  /* The hostile pattern: one READ of 512 KiB answered by 1-byte chunks,
+   * the even offsets ascending, then the odd ones (each of which merges two
+   * ranges).  It used to take half a minute of CPU. */
+  const uint32_t count = 512 * 1024;
+  nbd_coverage_init(&c);
+  uint32_t n_ok = 0, n_cap = 0, n_other = 0;
+  double t0 = now_s();
+  for (uint32_t pass = 0; pass < 2; pass++)
+    for (uint32_t off = pass; off < count; off += 2) {
+      int r = nbd_coverage_add(&c, off, off + 1);
+      if (r == 0)
+        n_ok++;
+      else if (r == -3)
+        n_cap++;
+      else
+        n_other++;
+    }
+  double dt = now_s() - t0;
+  CHECK_EQ(n_ok, 1024, "hostile 1-byte chunks: the first 1024 accepted");
+  CHECK_EQ(n_cap, count - 1024, "hostile 1-byte chunks: every later one is -3 (too many chunks)");
+  CHECK_EQ(n_other, 0, "hostile 1-byte chunks: nothing else");
+  CHECK(c.covered == 1024 && c.n == 1024 && sorted_disjoint(&c),
+        "hostile 1-byte chunks: 1024 ranges kept, 1024 bytes covered");
+  CHECK(dt < 1.0, "hostile 512 KiB read of 1-byte chunks handled in %.3f s (< 1 s)", dt);
+  /* -3 sticks: not even a chunk big enough to raise the cap gets in. */
+  CHECK_EQ(nbd_coverage_add(&c, 2048, count), -3, "after -3, a big chunk is -3 too");
+  CHECK(c.covered == 1024, "rejected chunks do not count as covered");
+  nbd_coverage_free(&c);
+  CHECK(c.chunks == 0, "free resets the chunk count");
+
+  /* Exactly at the cap: the 1024th tiny chunk is fine, the 1025th is not,
+   * whatever else is wrong with it. */
+  nbd_coverage_init(&c);
+  bool okall = true;
+  for (uint32_t i = 0; i < 1024; i++)
+    okall &= nbd_coverage_add(&c, 4 * i, 4 * i + 1) == 0;
+  CHECK(okall, "1024 one-byte chunks accepted");
+  CHECK_EQ(nbd_coverage_add(&c, 4096, 4096 + 512), -3, "1025th chunk (512 bytes) is one too many");
+  CHECK_EQ(nbd_coverage_add(&c, 0, 1), -3, "after the cap, even an overlap is -3");
+  nbd_coverage_free(&c);
+
+  /* The cap grows with the bytes covered: 512-byte chunks with gaps, the
+   * way a fragmented image could answer a 2 MiB read. */
+  nbd_coverage_init(&c);
+  okall = true;
+  for (uint32_t i = 0; i < 2048; i++)
+    okall &= nbd_coverage_add(&c, 1024 * i, 1024 * i + 512) == 0;
+  CHECK(okall, "2048 disjoint 512-byte chunks accepted (cap grows with the bytes covered)");
+  CHECK(c.n == 2048 && c.covered == 1024 * 1024 && sorted_disjoint(&c), "2048 ranges");
+  CHECK_EQ(nbd_coverage_add(&c, 1024 * 2048, 1024 * 2048 + 1), 0, "2049th chunk (1 byte): within 2048+2");
+  CHECK_EQ(nbd_coverage_add(&c, 1024 * 2048 + 1, 1024 * 2048 + 2), 0, "2050th chunk (1 byte): within 2048+2");
+  CHECK_EQ(nbd_coverage_add(&c, 1024 * 2048 + 2, 1024 * 2048 + 3), -3, "2051st chunk (1 byte): one too many");
+  nbd_coverage_free(&c);
+
+  /* Legitimate answers to a 1 MiB read: all accepted, fully covered. */
+  const uint32_t mib = 1024 * 1024;
+  uint32_t order[2048];
+  nbd_coverage_init(&c);
+  for (uint32_t i = 0; i < 256; i++)
+    order[i] = i;
+  CHECK(add_all(&c, order, 256, 4096), "1 MiB in ascending 4 KiB chunks accepted");
+  CHECK(c.n == 1 && c.covered == mib, "ascending 4 KiB chunks: fully covered, one range");
+  nbd_coverage_free(&c);
+
+  nbd_coverage_init(&c);
+  for (uint32_t i = 0; i < 256; i++)
+    order[i] = 255 - i;
+  CHECK(add_all(&c, order, 256, 4096), "1 MiB in descending 4 KiB chunks accepted");
+  CHECK(c.n == 1 && c.covered == mib, "descending 4 KiB chunks: fully covered, one range");
+  nbd_coverage_free(&c);
+
+  nbd_coverage_init(&c);
+  for (uint32_t i = 0; i < 2048; i++)
+    order[i] = i;
+  uint32_t st = 0x9e3779b9;
+  for (uint32_t i = 2047; i > 0; i--) {
+    uint32_t j = xorshift(&st) % (i + 1), t = order[i];
+    order[i] = order[j];
+    order[j] = t;
+  }
+  CHECK(add_all(&c, order, 1024, 512), "first half of 2048 shuffled 512-byte chunks accepted");
+  CHECK(c.n > 1 && sorted_disjoint(&c), "shuffled: %u disjoint sorted ranges halfway", c.n);
+  uint32_t dup = order[517];
+  CHECK_EQ(nbd_coverage_add(&c, dup * 512, dup * 512 + 512), -1, "a repeated chunk is an overlap");
+  CHECK_EQ(nbd_coverage_add(&c, dup * 512 + 511, dup * 512 + 513), -1, "a chunk straddling one is an overlap");
+  CHECK(add_all(&c, order + 1024, 1024, 512), "second half accepted (within the cap despite 2 rejects)");
+  CHECK(c.n == 1 && c.covered == mib, "1 MiB in shuffled 512-byte chunks: fully covered, one range");
+  nbd_coverage_free(&c);
+
+  /* Unaligned request: a partial extent at each end, shuffled. */
+  nbd_coverage_init(&c);
+  const uint32_t head = 300, tail = 700, ucount = head + 2048 * 512 + tail;
+  CHECK_EQ(NBD_MAX_CHUNKS_PER_READ(ucount), 2051, "cap for the unaligned read");
+  okall = true;
+  for (uint32_t i = 0; i < 2048; i++) {
+    uint32_t s0 = head + order[i] * 512;
+    okall &= nbd_coverage_add(&c, s0, s0 + 512) == 0;
+  }
+  okall &= nbd_coverage_add(&c, ucount - tail, ucount) == 0;
+  okall &= nbd_coverage_add(&c, 0, head) == 0;
+  CHECK(okall, "unaligned read: 2048 sectors then both partial ends accepted");
+  CHECK(c.n == 1 && c.covered == ucount, "unaligned read fully covered");
+  nbd_coverage_free(&c);
+}
+
 /* Build a block status payload: ctx, then (len, flags) pairs. */
 static uint32_t bs(uint8_t *p, uint32_t ctx, unsigned n, const uint32_t *pairs)
 {
@@ -700,6 +848,7 @@ int main(void)
   test_error_chunk();
   test_offsets();
   test_coverage();
+  test_coverage_cap();
   test_block_status();
   test_errno();
   test_sanitize();
