@@ -250,29 +250,31 @@ static ssize_t tls_recv(struct transport *t, void *buf, size_t len)
       return 0; /* closed without close_notify (qemu-nbd does this) */
     if (r == GNUTLS_E_REHANDSHAKE) /* refuse renegotiation politely */
       continue;
-    if (r == GNUTLS_E_FATAL_ALERT_RECEIVED)
-      snprintf(t->last_error, sizeof t->last_error, "TLS: the server sent alert '%s'",
-               gnutls_alert_get_name(gnutls_alert_get(p->s)));
-    else
+    if (r == GNUTLS_E_FATAL_ALERT_RECEIVED) {
+      gnutls_alert_description_t a = gnutls_alert_get(p->s);
+      const char *name = gnutls_alert_get_name(a);
+      if (name)
+        snprintf(t->last_error, sizeof t->last_error, "TLS: the server sent alert '%s'", name);
+      else
+        snprintf(t->last_error, sizeof t->last_error, "TLS: the server sent alert %d", (int)a);
+    } else {
       snprintf(t->last_error, sizeof t->last_error, "TLS: %s", gnutls_strerror((int)r));
+    }
     hint_client_cert(t);
     log_info("TLS receive: %s", t->last_error);
     return -EIO;
   }
 }
 
-/* A send failed: the reason is usually an alert the server sent before it
- * hung up (a refused client certificate, say).  Collect it if it is there. */
+/* A send failed: record why.  The reason is often an alert the server sent
+ * before it hung up (a refused client certificate, say), but this may run
+ * on a sending thread while the connection's owner is receiving on the same
+ * session, and gnutls forbids receiving from two threads at once: so no
+ * receive here.  tls_recv reports the alert when the receiving side reads
+ * it; until then, the gnutls error and the client-certificate hint. */
 static ssize_t send_failed(struct transport *t, ssize_t r)
 {
-  struct tls_priv *p = t->priv;
   snprintf(t->last_error, sizeof t->last_error, "TLS: %s", gnutls_strerror((int)r));
-  struct pollfd pf = { .fd = t->fd, .events = POLLIN };
-  char scratch[256];
-  if (poll(&pf, 1, 0) == 1 &&
-      gnutls_record_recv(p->s, scratch, sizeof scratch) == GNUTLS_E_FATAL_ALERT_RECEIVED)
-    snprintf(t->last_error, sizeof t->last_error, "TLS: the server sent alert '%s'",
-             gnutls_alert_get_name(gnutls_alert_get(p->s)));
   hint_client_cert(t);
   return -EIO;
 }
