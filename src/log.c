@@ -1,9 +1,11 @@
 /* log.c: every message is one line prefixed "nbdfs: ". */
 #include "log.h"
 
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <syslog.h>
+#include <time.h>
 
 int nbd_verbose;
 static bool use_syslog;
@@ -40,3 +42,93 @@ DEFINE_LOG(log_error, LOG_ERR, 1)
 DEFINE_LOG(log_warn, LOG_WARNING, 1)
 DEFINE_LOG(log_info, LOG_INFO, nbd_verbose >= 1)
 DEFINE_LOG(log_debug, LOG_DEBUG, nbd_verbose >= 2)
+
+/* ---- rate-limited failure messages ---- */
+
+/* Every limiter used so far.  Lock order: registry_lock, then a limiter's
+ * lock (log_failure registers before it takes its limiter's lock). */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct log_limit *registry;
+
+static void limit_register(struct log_limit *ll)
+{
+  if (atomic_load_explicit(&ll->registered, memory_order_acquire))
+    return;
+  pthread_mutex_lock(&registry_lock);
+  if (!atomic_load_explicit(&ll->registered, memory_order_relaxed)) {
+    ll->next = registry;
+    registry = ll;
+    atomic_store_explicit(&ll->registered, true, memory_order_release);
+  }
+  pthread_mutex_unlock(&registry_lock);
+}
+
+static int64_t now_ns(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void warn_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void warn_line(const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  vlog(LOG_WARNING, fmt, ap);
+  va_end(ap);
+}
+
+/* Print and reset the pending count; the limiter's lock is held. */
+static void report_locked(struct log_limit *ll)
+{
+  if (!ll->suppressed)
+    return;
+  warn_line("%" PRIu64 " more similar message%s suppressed; the last: %s", ll->suppressed,
+            ll->suppressed == 1 ? "" : "s", ll->last);
+  ll->suppressed = 0;
+}
+
+void log_failure(struct log_limit *ll, const char *fmt, ...)
+{
+  va_list ap;
+  va_start(ap, fmt);
+  if (!ll) {
+    vlog(LOG_WARNING, fmt, ap);
+    va_end(ap);
+    return;
+  }
+  limit_register(ll);
+  int64_t now = now_ns();
+  pthread_mutex_lock(&ll->lock);
+  if (!ll->started || now - ll->window_start_ns >= (int64_t)LOG_LIMIT_WINDOW_S * 1000000000) {
+    report_locked(ll);
+    ll->started = true;
+    ll->window_start_ns = now;
+    ll->shown = 0;
+  }
+  if (ll->shown < LOG_LIMIT_BURST) {
+    ll->shown++;
+    vlog(LOG_WARNING, fmt, ap);
+  } else {
+    ll->suppressed++;
+    vsnprintf(ll->last, sizeof ll->last, fmt, ap);
+  }
+  pthread_mutex_unlock(&ll->lock);
+  va_end(ap);
+}
+
+void log_limit_flush(struct log_limit *ll)
+{
+  pthread_mutex_lock(&ll->lock);
+  report_locked(ll);
+  pthread_mutex_unlock(&ll->lock);
+}
+
+void log_flush_suppressed(void)
+{
+  pthread_mutex_lock(&registry_lock);
+  for (struct log_limit *ll = registry; ll; ll = ll->next)
+    log_limit_flush(ll);
+  pthread_mutex_unlock(&registry_lock);
+}
