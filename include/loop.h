@@ -29,7 +29,8 @@ struct loop_source {
 
 /* Create and start a worker thread with all signals blocked. */
 struct nbd_loop *loop_new(int index, int tick_ms);
-/* Stop the thread (after its current callback) and free it. */
+/* Stop the thread (after its current round; posted work still runs) and
+ * free it. */
 void loop_free(struct nbd_loop *l);
 
 /* Watch src->fd for src->events.  exclusive: wake only one of several
@@ -42,6 +43,16 @@ void loop_remove(struct loop_source *src);
 /* Run fn(arg) on every tick of this loop, until removed. */
 int loop_add_tick(struct nbd_loop *l, loop_tick_fn fn, void *arg);
 void loop_remove_tick(struct nbd_loop *l, void *arg);
+
+/* Run fn(arg) on the loop's thread once its current round (events and
+ * ticks) is over: from any thread.  Work that must not overlap a round,
+ * such as dropping the loop's last reference to something a pending event
+ * may name, goes here.  Returns 0 or -ENOMEM. */
+int loop_post(struct nbd_loop *l, void (*fn)(void *arg), void *arg);
+
+/* Wait until every callback the loop was running or had been posted has
+ * returned (a round trip through loop_post).  Not from the loop itself. */
+void loop_barrier(struct nbd_loop *l);
 
 /* The loop the calling thread runs, or NULL. */
 struct nbd_loop *loop_current(void);

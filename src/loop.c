@@ -18,6 +18,12 @@ struct tick {
   void *arg;
 };
 
+struct task {
+  void (*fn)(void *arg);
+  void *arg;
+  struct task *next;
+};
+
 struct nbd_loop {
   int index;
   int epfd;
@@ -30,6 +36,8 @@ struct nbd_loop {
   int nticks, tick_cap;
   struct tick *tick_copy;     /* run_ticks' snapshot, reused */
   int copy_cap;
+  pthread_mutex_t task_lock;
+  struct task *tasks, **task_tail; /* posted work, FIFO */
 };
 
 static __thread struct nbd_loop *current_loop;
@@ -55,6 +63,68 @@ static void run_ticks(struct nbd_loop *l)
   pthread_mutex_unlock(&l->tick_lock);
   for (int i = 0; i < n; i++)
     l->tick_copy[i].fn(l->tick_copy[i].arg);
+}
+
+/* Run what was posted before this call (later posts wait a round). */
+static void run_tasks(struct nbd_loop *l)
+{
+  pthread_mutex_lock(&l->task_lock);
+  struct task *t = l->tasks;
+  l->tasks = NULL;
+  l->task_tail = &l->tasks;
+  pthread_mutex_unlock(&l->task_lock);
+  while (t) {
+    struct task *next = t->next;
+    t->fn(t->arg);
+    free(t);
+    t = next;
+  }
+}
+
+static void wake(struct nbd_loop *l)
+{
+  uint64_t one = 1;
+  if (write(l->wakefd, &one, sizeof one) < 0) { /* already awake: the counter is non-zero */ }
+}
+
+int loop_post(struct nbd_loop *l, void (*fn)(void *arg), void *arg)
+{
+  struct task *t = malloc(sizeof *t);
+  if (!t)
+    return -ENOMEM;
+  *t = (struct task){ fn, arg, NULL };
+  pthread_mutex_lock(&l->task_lock);
+  *l->task_tail = t;
+  l->task_tail = &t->next;
+  pthread_mutex_unlock(&l->task_lock);
+  wake(l);
+  return 0;
+}
+
+struct barrier {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool done;
+};
+
+static void barrier_reached(void *arg)
+{
+  struct barrier *b = arg;
+  pthread_mutex_lock(&b->lock);
+  b->done = true;
+  pthread_cond_signal(&b->cond);
+  pthread_mutex_unlock(&b->lock);
+}
+
+void loop_barrier(struct nbd_loop *l)
+{
+  struct barrier b = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false };
+  if (loop_post(l, barrier_reached, &b) < 0)
+    return;
+  pthread_mutex_lock(&b.lock);
+  while (!b.done)
+    pthread_cond_wait(&b.cond, &b.lock);
+  pthread_mutex_unlock(&b.lock);
 }
 
 static void *loop_main(void *arg)
@@ -84,7 +154,9 @@ static void *loop_main(void *arg)
       last = now;
       run_ticks(l);
     }
+    run_tasks(l);
   }
+  run_tasks(l);
   return NULL;
 }
 
@@ -98,6 +170,8 @@ struct nbd_loop *loop_new(int index, int tick_ms)
   l->epfd = epoll_create1(EPOLL_CLOEXEC);
   l->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   pthread_mutex_init(&l->tick_lock, NULL);
+  pthread_mutex_init(&l->task_lock, NULL);
+  l->task_tail = &l->tasks;
   struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
   if (l->epfd < 0 || l->wakefd < 0 || epoll_ctl(l->epfd, EPOLL_CTL_ADD, l->wakefd, &ev) < 0)
     goto fail;
@@ -123,12 +197,13 @@ void loop_free(struct nbd_loop *l)
   if (!l)
     return;
   atomic_store(&l->stop, true);
-  uint64_t one = 1;
-  if (write(l->wakefd, &one, sizeof one) < 0) { /* the loop still stops at its next tick */ }
+  wake(l);
   pthread_join(l->thread, NULL);
+  run_tasks(l); /* posted after the thread's last round */
   close(l->epfd);
   close(l->wakefd);
   pthread_mutex_destroy(&l->tick_lock);
+  pthread_mutex_destroy(&l->task_lock);
   free(l->ticks);
   free(l->tick_copy);
   free(l);
