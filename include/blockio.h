@@ -5,8 +5,8 @@
  * minimum block size.  Partial blocks are written by read-modify-write
  * under a range lock shared by all connections; when the minimum is larger
  * than one byte every write takes the lock, so that a read-modify-write
- * cannot undo a concurrent write to the same block.  (The pool forgets
- * cached extents for every command that changes data.)
+ * cannot undo a concurrent write to the same block.  (The pool tells its
+ * observer, the extent cache, about every command that changes data.)
  */
 #ifndef NBDFS_BLOCKIO_H
 #define NBDFS_BLOCKIO_H

@@ -6,6 +6,9 @@
  * allocation at the server's granularity, not only where it wrote).  Scans
  * ask for long ranges at once and are bounded: past the budget, the rest is
  * reported as data, which is always a safe answer.
+ *
+ * The cache hangs off the pool as its change observer.  Without one
+ * (extents_attach not called, or failed) every answer is "all data".
  */
 #ifndef NBDFS_EXTENTS_H
 #define NBDFS_EXTENTS_H
@@ -14,14 +17,12 @@
 #include <stdint.h>
 
 struct nbd_pool;
-struct extent_cache;
 
-struct extent_cache *extent_cache_new(void);
-void extent_cache_free(struct extent_cache *ec);
-
-/* [off, off+len) is about to be written, trimmed or zeroed: forget what
- * the cache knows (all of it; see extents.c). */
-void extents_invalidate(struct nbd_pool *p, uint64_t off, uint64_t len);
+/* Give p an extent cache, kept up to date by observing p's writes.
+ * Returns 0 or -ENOMEM.  Does nothing when p has one already. */
+int extents_attach(struct nbd_pool *p);
+/* Free p's cache (after nbd_pool_close, before nbd_pool_free). */
+void extents_detach(struct nbd_pool *p);
 
 /* SEEK_DATA (data=true) or SEEK_HOLE from off.  cb gets 0 and the offset,
  * or ENXIO (no data at or after off, or off at or past the end). */
@@ -30,9 +31,14 @@ void extents_seek(struct nbd_pool *p, uint64_t off, bool data, extents_seek_fn c
 
 /* Bytes the server reports as allocated (for st_blocks). */
 typedef void (*extents_alloc_fn)(void *arg, uint64_t bytes);
+/* The last allocated size computed, however old: false when none was yet
+ * (or the server has no block status).  *fresh: it is recent and nothing
+ * was written since. */
+bool extents_allocated_known(struct nbd_pool *p, uint64_t *bytes, bool *fresh);
+/* The allocated size: at once when fresh, otherwise once a scan ends (one
+ * scan at a time: later callers join the one under way).  cb runs exactly
+ * once, maybe before this returns. */
 void extents_allocated(struct nbd_pool *p, extents_alloc_fn cb, void *arg);
-/* The last known allocated size, if still fresh. */
-bool extents_allocated_cached(struct nbd_pool *p, uint64_t *bytes);
 
 /* Does [off, off+len) read as zeros according to the server? */
 typedef void (*extents_zero_fn)(void *arg, bool zero);

@@ -15,7 +15,14 @@ struct nbdfs_options {
   const char *pidfile;    /* -P */
   char **fuse_opts;       /* -o, repeatable */
   int nfuse_opts;
-  int timeout_s;          /* --timeout: per request, 0 = none */
+  int timeout_s;          /* --timeout: a connection silent this long with requests
+                           * outstanding is replaced (5x for FLUSH only), 0 = never */
+  int reconnect_delay_s;  /* --reconnect-delay: how long a request may wait for a
+                           * usable connection (from when it was first sent) */
+  bool no_reconnect;      /* --no-reconnect: a lost connection stays lost */
+  int retry_s;            /* --retry: keep trying the first connection this long */
+  int replay_limit_mib;   /* --replay-limit: unflushed acknowledged writes kept
+                           * for replay; past it, FLUSH early */
   int connect_timeout_s;  /* --connect-timeout */
   bool direct_io;         /* --direct-io */
   int threads;            /* --threads: worker loops */

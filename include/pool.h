@@ -1,10 +1,18 @@
 /* pool.h: the connections of one export, and operations that may span
- * several NBD commands (split by the server's maximum block size). */
+ * several NBD commands (split by the server's maximum block size).
+ *
+ * The pool keeps the export usable across lost connections: it reconnects
+ * in the background, sends requests that were in flight on a lost
+ * connection again, replays acknowledged writes that no FLUSH covered yet,
+ * and queues requests (never blocking the caller) while no connection can
+ * take them.  Upper layers see it only through these functions.
+ */
 #ifndef NBDFS_POOL_H
 #define NBDFS_POOL_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "conn.h"
@@ -12,29 +20,21 @@
 #include "rangelock.h"
 #include "uri.h"
 
-struct extent_cache;
-
 struct nbd_pool_opts {
   const struct nbd_uri *uri;
   const char *export_name;
   int connections;       /* wanted; used only when the server allows multi-conn */
-  int timeout_s;         /* per-request timeout, 0: none */
+  int timeout_s;         /* a connection silent this long with requests outstanding is replaced (0: never) */
   int connect_timeout_s; /* connect + handshake bound */
+  int reconnect_delay_s; /* how long a request may wait for a usable connection */
+  bool no_reconnect;     /* a lost connection stays lost (requests on it fail) */
+  int retry_s;           /* keep trying the first connection this long */
+  uint64_t replay_limit; /* flush early once this many acknowledged bytes are unflushed */
   enum tls_mode tls_mode;
   struct tls_creds *tls;
 };
 
-struct nbd_pool {
-  struct nbd_conn **conns;
-  int n;
-  struct nbd_session s;       /* what the first connection negotiated */
-  char desc[320];             /* "nbd://host:port export 'name'" for logs */
-  atomic_uint rr;
-  atomic_uint_fast64_t writes_done;  /* completed writes (for flush accounting) */
-  atomic_uint_fast64_t flushed_upto; /* writes_done covered by a finished FLUSH */
-  struct rangelock lock;             /* serialises partial-block writes (min block > 1) */
-  struct extent_cache *extents;      /* block status cache */
-};
+struct nbd_pool;
 
 /* An operation: one or more NBD commands that finish together.  pending
  * starts at 1 (the submitter's reference); complete runs once, when the last
@@ -66,23 +66,28 @@ void nbd_op_fail(struct nbd_op *op, int err);
 /* Drop one reference; the last one runs op->complete. */
 void nbd_op_put(struct nbd_op *op);
 
-/* Connect and negotiate every connection (no threads yet).  Returns 0 or a
+/* Connect and negotiate the first connection (retrying for retry_s).  The
+ * others are opened in the background once attached.  Returns 0 or a
  * negative errno with a one-line reason in err. */
 int nbd_pool_open(struct nbd_pool **out, const struct nbd_pool_opts *o, char *err, size_t errlen);
 struct nbd_loop;
-/* Spread the connections over the worker loops. */
+/* Spread the connections over the worker loops and start the pool's
+ * connection manager (extra connections, reconnects, request deadlines). */
 int nbd_pool_attach(struct nbd_pool *p, struct nbd_loop **loops, int nloops);
-/* Orderly end while the loops still run: answer what is in flight, flush
- * if anything is unflushed, send NBD_CMD_DISC on every connection. */
-void nbd_pool_shutdown(struct nbd_pool *p);
-/* Free (the loops must be stopped, or the pool never attached). */
+/* Orderly end while the loops still run: refuse new requests, wait (within
+ * a bound) for those under way, flush what is unflushed, send NBD_CMD_DISC
+ * on every connection and wait for them to close.  Returns 0, or an errno
+ * when acknowledged writes could not be made durable. */
+int nbd_pool_close(struct nbd_pool *p);
+/* Free (after nbd_pool_close, or when never attached). */
 void nbd_pool_free(struct nbd_pool *p);
 
 /* Add READ/WRITE/TRIM/WRITE_ZEROES commands for [offset, offset+len) to op,
- * split as the server requires.  WRITE payloads are sent before this returns,
- * so buf need only live for the call (READ buffers until completion). */
+ * split as the server requires.  WRITE payloads are copied before this
+ * returns, so buf need only live for the call (READ buffers until
+ * completion). */
 void nbd_pool_io(struct nbd_pool *p, struct nbd_op *op, uint16_t type, uint16_t flags,
-                 uint64_t offset, uint64_t len, void *buf);
+                 uint64_t offset, uint64_t len, const void *buf);
 
 /* Add one BLOCK_STATUS command (base:allocation) for [offset, offset+len);
  * fn receives the extents with op as its argument. */
@@ -94,10 +99,32 @@ void nbd_pool_block_status(struct nbd_pool *p, struct nbd_op *op, uint64_t offse
 void nbd_pool_flush(struct nbd_pool *p, struct nbd_op *op);
 bool nbd_pool_needs_flush(const struct nbd_pool *p);
 
-/* Flush and wait: used at unmount.  Returns 0 or an errno. */
-int nbd_pool_flush_sync(struct nbd_pool *p);
+/* What the export is (fixed for the life of the pool: a reconnection that
+ * finds anything else is refused). */
+const struct nbd_session *nbd_pool_session(const struct nbd_pool *p);
+static inline const struct nbd_export_info *nbd_pool_info(const struct nbd_pool *p)
+{
+  return &nbd_pool_session(p)->info;
+}
+static inline uint64_t nbd_pool_size(const struct nbd_pool *p) { return nbd_pool_info(p)->size; }
+static inline uint16_t nbd_pool_flags(const struct nbd_pool *p) { return nbd_pool_info(p)->tflags; }
+static inline uint32_t nbd_pool_min_block(const struct nbd_pool *p) { return nbd_pool_info(p)->min_block; }
+static inline bool nbd_pool_has_block_status(const struct nbd_pool *p)
+{
+  return nbd_pool_session(p)->have_base_alloc;
+}
+/* "nbd://host:port export 'name'", for log lines. */
+const char *nbd_pool_desc(const struct nbd_pool *p);
+/* Connections configured, and those ready now. */
+int nbd_pool_connections(const struct nbd_pool *p, int *ready);
+/* The range lock that partial-block writes take (blockio). */
+struct rangelock *nbd_pool_rangelock(struct nbd_pool *p);
 
-static inline uint16_t nbd_pool_flags(const struct nbd_pool *p) { return p->s.info.tflags; }
-static inline uint64_t nbd_pool_size(const struct nbd_pool *p) { return p->s.info.size; }
+/* Data of [off, off+len) is about to change (len 0: anything may have):
+ * called before every data-changing command is sent and again when it
+ * finishes.  One observer per pool (the extent cache). */
+typedef void (*nbd_pool_change_fn)(void *arg, uint64_t off, uint64_t len);
+void nbd_pool_set_observer(struct nbd_pool *p, nbd_pool_change_fn fn, void *arg);
+void *nbd_pool_observer(const struct nbd_pool *p);
 
 #endif

@@ -38,7 +38,7 @@ struct bwrite {
 static void bwrite_finish(struct bwrite *w, int err)
 {
   if (w->locked)
-    rangelock_release(&w->p->lock, &w->lk);
+    rangelock_release(nbd_pool_rangelock(w->p), &w->lk);
   nbd_op_fail(w->parent, err ? err : w->err);
   nbd_op_put(w->parent);
   free(w->bounce);
@@ -54,7 +54,7 @@ static void on_written(struct nbd_op *op, int err)
 static void write_image(struct bwrite *w, uint64_t start, uint64_t len, const void *buf)
 {
   nbd_op_init(&w->sub, on_written);
-  nbd_pool_io(w->p, &w->sub, NBD_CMD_WRITE, w->flags, start, len, (void *)buf);
+  nbd_pool_io(w->p, &w->sub, NBD_CMD_WRITE, w->flags, start, len, buf);
   nbd_op_put(&w->sub);
 }
 
@@ -67,7 +67,7 @@ static void on_edges_read(struct nbd_op *op, int err)
     bwrite_finish(w, err);
     return;
   }
-  uint64_t m = w->p->s.info.min_block, end = w->off + w->len;
+  uint64_t m = nbd_pool_min_block(w->p), end = w->off + w->len;
   const uint8_t *head = w->edge, *tail = w->edge + m;
   if (w->b - w->a == m)
     tail = head; /* one block holds both edges */
@@ -85,7 +85,7 @@ static void bwrite_locked(struct bwrite *w)
     bwrite_finish(w, w->err);
     return;
   }
-  uint64_t m = w->p->s.info.min_block, end = w->off + w->len;
+  uint64_t m = nbd_pool_min_block(w->p), end = w->off + w->len;
   bool head = w->off > w->a, tail = end < w->b;
   if (!head && !tail) {
     write_image(w, w->off, w->len, w->bounce ? w->bounce : w->ubuf);
@@ -127,9 +127,9 @@ void blockio_write(struct nbd_pool *p, struct nbd_op *op, uint16_t flags, uint64
 {
   if (len == 0)
     return;
-  uint64_t m = p->s.info.min_block;
+  uint64_t m = nbd_pool_min_block(p);
   if (m == 1) { /* any offset is fine: no locking, nothing to keep */
-    nbd_pool_io(p, op, NBD_CMD_WRITE, flags, off, len, (void *)buf);
+    nbd_pool_io(p, op, NBD_CMD_WRITE, flags, off, len, buf);
     return;
   }
   struct bwrite *w = calloc(1, sizeof *w);
@@ -158,7 +158,7 @@ void blockio_write(struct nbd_pool *p, struct nbd_op *op, uint16_t flags, uint64
   w->lk = (struct rl_request){ .start = w->a, .end = w->b, .granted = on_granted,
                                .prepare = copy_before_wait };
   w->locked = true;
-  if (rangelock_acquire(&p->lock, &w->lk))
+  if (rangelock_acquire(nbd_pool_rangelock(p), &w->lk))
     bwrite_locked(w);
   /* else on_granted runs when the conflicting write releases the range */
 }
@@ -188,7 +188,7 @@ struct zpiece {
 static void bzero_finish(struct bzero *z, int err)
 {
   if (z->locked)
-    rangelock_release(&z->p->lock, &z->lk);
+    rangelock_release(nbd_pool_rangelock(z->p), &z->lk);
   nbd_op_fail(z->parent, err);
   nbd_op_put(z->parent);
   pthread_mutex_destroy(&z->lock);
@@ -216,8 +216,9 @@ static void on_zero_piece(struct nbd_op *op, int err)
  * a dead pool completes at once. */
 static void write_zero_pieces(struct bzero *z)
 {
-  uint64_t piece = z->p->s.info.max_block < ZERO_BUF_SIZE ? z->p->s.info.max_block : ZERO_BUF_SIZE;
-  piece = round_down(piece, z->p->s.info.min_block);
+  const struct nbd_export_info *info = nbd_pool_info(z->p);
+  uint64_t piece = info->max_block < ZERO_BUF_SIZE ? info->max_block : ZERO_BUF_SIZE;
+  piece = round_down(piece, info->min_block);
   for (;;) {
     pthread_mutex_lock(&z->lock);
     bool more = !z->err && z->inflight < ZERO_WINDOW && z->pos < z->end;
@@ -248,7 +249,7 @@ static void write_zero_pieces(struct bzero *z)
     }
     zp->z = z;
     nbd_op_init(&zp->op, on_zero_piece);
-    nbd_pool_io(z->p, &zp->op, NBD_CMD_WRITE, 0, at, n, (void *)zero_buf);
+    nbd_pool_io(z->p, &zp->op, NBD_CMD_WRITE, 0, at, n, zero_buf);
     nbd_op_put(&zp->op);
   }
 }
@@ -265,7 +266,7 @@ static void on_trim_checked(void *arg, bool zero)
     bzero_finish(z, 0);
     return;
   }
-  log_debug("%s: TRIM did not leave zeros; writing zeros", z->p->desc);
+  log_debug("%s: TRIM did not leave zeros; writing zeros", nbd_pool_desc(z->p));
   z->pos = z->start;
   write_zero_pieces(z);
 }
@@ -290,7 +291,7 @@ static void bzero_locked(struct bzero *z)
     nbd_pool_io(z->p, &z->sub, NBD_CMD_WRITE_ZEROES, z->punch ? 0 : NBD_CMD_FLAG_NO_HOLE,
                 z->start, len, NULL);
     nbd_op_put(&z->sub);
-  } else if (z->punch && (tf & NBD_FLAG_SEND_TRIM) && z->p->s.have_base_alloc) {
+  } else if (z->punch && (tf & NBD_FLAG_SEND_TRIM) && nbd_pool_has_block_status(z->p)) {
     /* TRIM promises nothing about contents: keep it only if the server
      * then reports zeros. */
     nbd_op_init(&z->sub, on_trimmed);
@@ -311,7 +312,7 @@ void blockio_zero(struct nbd_pool *p, struct nbd_op *op, uint64_t off, uint64_t 
 {
   if (len == 0)
     return;
-  uint64_t m = p->s.info.min_block, end = off + len;
+  uint64_t m = nbd_pool_min_block(p), end = off + len;
   uint64_t a = round_up(off, m), b = round_down(end, m);
   if (a >= b) { /* inside one or two partial blocks */
     for (uint64_t pos = off; pos < end; pos += ZERO_BUF_SIZE)
@@ -340,6 +341,6 @@ void blockio_zero(struct nbd_pool *p, struct nbd_op *op, uint64_t off, uint64_t 
   }
   z->lk = (struct rl_request){ .start = a, .end = b, .granted = on_zero_granted };
   z->locked = true;
-  if (rangelock_acquire(&p->lock, &z->lk))
+  if (rangelock_acquire(nbd_pool_rangelock(p), &z->lk))
     bzero_locked(z);
 }

@@ -2,21 +2,23 @@
  *
  * In directory mode a pool is opened when its file is first used and
  * closed some seconds after its last user went away.  Everything that
- * talks to the server synchronously (listing, opening, closing) runs on a
- * housekeeping thread, never on a worker loop.
+ * talks to the server synchronously runs off the worker loops: listing and
+ * opening on a housekeeping thread, idle closes on closer threads of their
+ * own (a close may take seconds, and must not delay the next open).
  */
-#define FUSE_USE_VERSION 34
+#include "exports.h"
+
 #include <errno.h>
-#include <fuse_lowlevel.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "fs.h"
 #include "log.h"
 #include "names.h"
+
+#define ROOT_INO 1            /* the directory (FUSE_ROOT_ID) */
 
 #define IDLE_CLOSE_MS 10000   /* close a pool this long after its last user */
 #define REFRESH_MIN_MS 1000   /* list the server's exports at most this often */
@@ -49,6 +51,7 @@ int fs_init_table(struct fs *fs)
   pthread_rwlock_init(&fs->files_lock, NULL);
   pthread_mutex_init(&fs->hk_lock, NULL);
   pthread_cond_init(&fs->hk_cond, NULL);
+  pthread_cond_init(&fs->closers_cond, NULL);
   return 0;
 }
 
@@ -76,7 +79,7 @@ struct fs_file *fs_add_file(struct fs *fs, const char *file_name, const char *ex
     fs->cap = cap;
   }
   /* Inode 1 is the directory, except when the file is the mount itself. */
-  f->ino = fs->mode == FS_NAKED ? FUSE_ROOT_ID : (uint64_t)fs->nfiles + 2;
+  f->ino = fs->mode == FS_NAKED ? ROOT_INO : (uint64_t)fs->nfiles + 2;
   fs->files[fs->nfiles++] = f;
   pthread_rwlock_unlock(&fs->files_lock);
   return f;
@@ -87,7 +90,7 @@ struct fs_file *fs_file_by_ino(struct fs *fs, uint64_t ino)
   struct fs_file *f = NULL;
   pthread_rwlock_rdlock(&fs->files_lock);
   if (fs->mode == FS_NAKED) {
-    if (ino == FUSE_ROOT_ID && fs->nfiles)
+    if (ino == ROOT_INO && fs->nfiles)
       f = fs->files[0];
   } else if (ino >= 2 && ino - 2 < (uint64_t)fs->nfiles) {
     f = fs->files[ino - 2];
@@ -156,16 +159,25 @@ static void set_info(struct fs *fs, struct fs_file *f, struct nbd_export_info *i
   f->readonly = fs->readonly || (f->info.tflags & NBD_FLAG_READ_ONLY);
 }
 
-void fs_file_set_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p)
+/* f's details from what the pool negotiated (f->lock held). */
+static void set_info_from_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p)
 {
-  struct nbd_export_info info = p->s.info;
+  const struct nbd_export_info *pi = nbd_pool_info(p);
+  struct nbd_export_info info = *pi;
   info.name = NULL;
-  info.description = p->s.info.description ? strdup(p->s.info.description) : NULL;
+  info.description = pi->description ? strdup(pi->description) : NULL;
+  set_info(fs, f, &info);
+}
+
+int fs_file_set_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p)
+{
+  int r = extents_attach(p);
   pthread_mutex_lock(&f->lock);
   f->pool = p;
   f->permanent = true;
-  set_info(fs, f, &info);
+  set_info_from_pool(fs, f, p);
   pthread_mutex_unlock(&f->lock);
+  return r;
 }
 
 int fs_list_exports(struct fs *fs, char *err, size_t errlen)
@@ -290,9 +302,14 @@ static void do_open(struct fs *fs, struct fs_file *f)
   char err[768];
   struct nbd_pool *p = NULL;
   int r = nbd_pool_open(&p, &o, err, sizeof err);
+  /* The cache observes the pool's writes from the first one on; without
+   * it (no memory) the file only reports everything as data. */
+  if (r == 0 && extents_attach(p) < 0)
+    log_warn("%s: no memory for the extent cache; reporting all data", nbd_pool_desc(p));
   if (r == 0 && nbd_pool_attach(p, fs->loops, fs->nloops) < 0) {
-    snprintf(err, sizeof err, "%s: cannot attach connections to workers", p->desc);
-    nbd_pool_shutdown(p);
+    snprintf(err, sizeof err, "%s: cannot attach connections to workers", nbd_pool_desc(p));
+    nbd_pool_close(p);
+    extents_detach(p);
     nbd_pool_free(p);
     r = -EIO;
   }
@@ -307,11 +324,7 @@ static void do_open(struct fs *fs, struct fs_file *f)
   f->opening = false;
   if (r == 0) {
     f->pool = p;
-    struct nbd_export_info info = p->s.info;
-    info.name = info.description = NULL;
-    if (p->s.info.description)
-      info.description = strdup(p->s.info.description);
-    set_info(fs, f, &info);
+    set_info_from_pool(fs, f, p);
   } else {
     f->users -= n; /* the waiters get an error and hold nothing */
     if (f->users == 0)
@@ -322,7 +335,112 @@ static void do_open(struct fs *fs, struct fs_file *f)
   run_waiters(f, w, r == 0 ? 0 : e);
 }
 
-/* Close pools nobody has used for a while. */
+/* Close an idle pool (on a closer thread).  A failed close means writes
+ * the server acknowledged may be lost: worth an error, and the exit status. */
+static void close_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p, bool blocking)
+{
+  log_info("%s: idle, disconnecting", nbd_pool_desc(p));
+  int e = nbd_pool_close(p);
+  if (e) {
+    log_error("%s: closing: acknowledged writes could not be made durable: %s",
+              nbd_pool_desc(p), strerror(e));
+    pthread_mutex_lock(&fs->hk_lock);
+    if (!fs->close_err)
+      fs->close_err = e;
+    pthread_mutex_unlock(&fs->hk_lock);
+  }
+  extents_detach(p);
+  nbd_pool_free(p);
+  if (!blocking)
+    return;
+  pthread_mutex_lock(&f->lock);
+  f->closing = false;
+  bool reopen = f->waiters && !f->opening;
+  if (reopen)
+    f->opening = true;
+  pthread_mutex_unlock(&f->lock);
+  if (reopen) {
+    struct hk_job *j = calloc(1, sizeof *j);
+    if (j) {
+      j->kind = HK_OPEN;
+      j->f = f;
+      queue_job(fs, j);
+    } else {
+      pthread_mutex_lock(&f->lock);
+      struct open_waiter *w = f->waiters;
+      int n = 0;
+      for (struct open_waiter *x = w; x; x = x->next)
+        n++;
+      f->waiters = NULL;
+      f->opening = false;
+      f->users -= n;
+      if (f->users == 0)
+        f->idle_since_ms = now_ms();
+      pthread_mutex_unlock(&f->lock);
+      run_waiters(f, w, ENOMEM);
+    }
+  }
+}
+
+struct closer {
+  struct fs *fs;
+  struct fs_file *f;
+  struct nbd_pool *p;
+  bool blocking;
+};
+
+static void closer_done(struct fs *fs)
+{
+  pthread_mutex_lock(&fs->hk_lock);
+  if (--fs->closers == 0)
+    pthread_cond_broadcast(&fs->closers_cond);
+  pthread_mutex_unlock(&fs->hk_lock);
+}
+
+static void *closer_main(void *arg)
+{
+  struct closer *c = arg;
+  struct fs *fs = c->fs;
+  close_pool(fs, c->f, c->p, c->blocking);
+  free(c);
+  closer_done(fs);
+  return NULL;
+}
+
+/* Close p off the housekeeping thread (fs_shutdown waits for it). */
+static void start_closer(struct fs *fs, struct fs_file *f, struct nbd_pool *p, bool blocking)
+{
+  pthread_mutex_lock(&fs->hk_lock);
+  fs->closers++;
+  pthread_mutex_unlock(&fs->hk_lock);
+  struct closer *c = malloc(sizeof *c);
+  int r = ENOMEM;
+  if (c) {
+    *c = (struct closer){ fs, f, p, blocking };
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_t t;
+    r = pthread_create(&t, &attr, closer_main, c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+  }
+  if (r == 0)
+    return;
+  free(c);
+  close_pool(fs, f, p, blocking); /* no thread: close here, late but correct */
+  closer_done(fs);
+}
+
+/* Hand pools nobody has used for a while to closers.  The file forgets its
+ * pool at once, so the next open starts a fresh one instead of waiting for
+ * the close.  Except when writes are still unflushed: a server without
+ * multi-conn need not show them on other connections before the FLUSH, so
+ * opens then wait for the close (rare: every close() of a written handle
+ * flushes already). */
 static void close_idle(struct fs *fs)
 {
   uint64_t now = now_ms();
@@ -335,31 +453,16 @@ static void close_idle(struct fs *fs)
     pthread_rwlock_unlock(&fs->files_lock);
     pthread_mutex_lock(&f->lock);
     struct nbd_pool *p = NULL;
+    bool blocking = false;
     if (f->pool && !f->permanent && f->users == 0 && now - f->idle_since_ms >= IDLE_CLOSE_MS) {
       p = f->pool;
       f->pool = NULL;
-      f->closing = true;
+      blocking = nbd_pool_needs_flush(p);
+      f->closing = blocking;
     }
     pthread_mutex_unlock(&f->lock);
-    if (!p)
-      continue;
-    log_info("%s: idle, disconnecting", p->desc);
-    nbd_pool_shutdown(p);
-    nbd_pool_free(p);
-    pthread_mutex_lock(&f->lock);
-    f->closing = false;
-    bool reopen = f->waiters && !f->opening;
-    if (reopen)
-      f->opening = true;
-    pthread_mutex_unlock(&f->lock);
-    if (reopen) {
-      struct hk_job *j = calloc(1, sizeof *j);
-      if (j) {
-        j->kind = HK_OPEN;
-        j->f = f;
-        queue_job(fs, j);
-      }
-    }
+    if (p)
+      start_closer(fs, f, p, blocking);
   }
 }
 
@@ -402,8 +505,6 @@ static void *hk_main(void *arg)
 
 int fs_start(struct fs *fs)
 {
-  if (fs_reply_thread_start() < 0)
-    return -1;
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &old);
@@ -415,7 +516,7 @@ int fs_start(struct fs *fs)
   return 0;
 }
 
-void fs_shutdown(struct fs *fs)
+int fs_shutdown(struct fs *fs)
 {
   if (fs->hk_running) {
     pthread_mutex_lock(&fs->hk_lock);
@@ -425,7 +526,13 @@ void fs_shutdown(struct fs *fs)
     pthread_join(fs->hk_thread, NULL);
     fs->hk_running = false;
   }
-  /* Jobs that never ran: their waiters get an error. */
+  /* Idle closes under way (their pools need the loops, still running). */
+  pthread_mutex_lock(&fs->hk_lock);
+  while (fs->closers > 0)
+    pthread_cond_wait(&fs->closers_cond, &fs->hk_lock);
+  int err = fs->close_err;
+  pthread_mutex_unlock(&fs->hk_lock);
+  /* Jobs that never ran (or that a closer queued): their waiters get an error. */
   while (fs->hk_jobs) {
     struct hk_job *j = fs->hk_jobs;
     fs->hk_jobs = j->next;
@@ -441,17 +548,29 @@ void fs_shutdown(struct fs *fs)
     }
     free(j);
   }
-  for (int i = 0; i < fs->nfiles; i++)
-    if (fs->files[i]->pool)
-      nbd_pool_shutdown(fs->files[i]->pool);
-  fs_reply_thread_stop();
+  for (int i = 0; i < fs->nfiles; i++) {
+    struct nbd_pool *p = fs->files[i]->pool;
+    if (!p)
+      continue;
+    int e = nbd_pool_close(p);
+    if (e) {
+      log_error("%s: acknowledged writes could not be made durable: %s", nbd_pool_desc(p),
+                strerror(e));
+      if (!err)
+        err = e;
+    }
+  }
+  return err;
 }
 
 void fs_free(struct fs *fs)
 {
   for (int i = 0; i < fs->nfiles; i++) {
     struct fs_file *f = fs->files[i];
-    nbd_pool_free(f->pool);
+    if (f->pool) {
+      extents_detach(f->pool);
+      nbd_pool_free(f->pool);
+    }
     nbd_export_info_free(&f->info);
     pthread_mutex_destroy(&f->lock);
     free(f->name);
@@ -464,6 +583,7 @@ void fs_free(struct fs *fs)
   pthread_rwlock_destroy(&fs->files_lock);
   pthread_mutex_destroy(&fs->hk_lock);
   pthread_cond_destroy(&fs->hk_cond);
+  pthread_cond_destroy(&fs->closers_cond);
 }
 
 void fs_file_acquire(struct fs *fs, struct fs_file *f, fs_ready_fn cb, void *arg)
@@ -506,6 +626,18 @@ void fs_file_acquire(struct fs *fs, struct fs_file *f, fs_ready_fn cb, void *arg
     j->f = f;
     queue_job(fs, j);
   }
+}
+
+struct nbd_pool *fs_file_hold(struct fs_file *f)
+{
+  struct nbd_pool *p = NULL;
+  pthread_mutex_lock(&f->lock);
+  if (f->pool) {
+    p = f->pool;
+    f->users++;
+  }
+  pthread_mutex_unlock(&f->lock);
+  return p;
 }
 
 void fs_file_release(struct fs *fs, struct fs_file *f)

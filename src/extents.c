@@ -31,10 +31,11 @@ struct extent_cache {
   struct cached_extent *e;   /* sorted, disjoint */
   size_t n, cap;
   uint64_t gen;              /* bumped by every invalidation */
-  /* allocated size */
-  bool alloc_valid;
-  uint64_t alloc_bytes, alloc_gen, alloc_expires_ms;
-  bool alloc_running;
+  /* allocated size: the last one computed stays known (stat answers it
+   * at once), but is fresh only until it expires or anything is written */
+  bool alloc_known, alloc_valid;
+  uint64_t alloc_bytes, alloc_expires_ms;
+  bool alloc_running;        /* one scan at a time: callers join it */
   struct alloc_waiter *alloc_waiters;
 };
 
@@ -45,21 +46,9 @@ static uint64_t now_ms(void)
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-struct extent_cache *extent_cache_new(void)
+static struct extent_cache *cache_of(const struct nbd_pool *p)
 {
-  struct extent_cache *ec = calloc(1, sizeof *ec);
-  if (ec)
-    pthread_mutex_init(&ec->lock, NULL);
-  return ec;
-}
-
-void extent_cache_free(struct extent_cache *ec)
-{
-  if (!ec)
-    return;
-  pthread_mutex_destroy(&ec->lock);
-  free(ec->e);
-  free(ec);
+  return nbd_pool_observer(p);
 }
 
 /* First entry whose end is past off (lock held). */
@@ -139,17 +128,42 @@ static void insert(struct extent_cache *ec, uint64_t start, uint64_t end, uint32
  * qcow2 cluster, a 4 MiB object), which we cannot know: a few bytes can
  * turn a whole cached hole around them into data.  So any write, trim or
  * zero forgets every cached extent; the generation bump also discards the
- * answers of scans still in flight. */
-void extents_invalidate(struct nbd_pool *p, uint64_t off, uint64_t len)
+ * answers of scans still in flight.  The pool calls this before sending
+ * and again when the command finishes, so a scan overlapping either end
+ * is discarded too. */
+static void on_change(void *arg, uint64_t off, uint64_t len)
 {
   (void)off;
   (void)len;
-  struct extent_cache *ec = p->extents;
+  struct extent_cache *ec = arg;
   pthread_mutex_lock(&ec->lock);
   ec->gen++;
   ec->alloc_valid = false;
   ec->n = 0;
   pthread_mutex_unlock(&ec->lock);
+}
+
+int extents_attach(struct nbd_pool *p)
+{
+  if (cache_of(p))
+    return 0;
+  struct extent_cache *ec = calloc(1, sizeof *ec);
+  if (!ec)
+    return -ENOMEM;
+  pthread_mutex_init(&ec->lock, NULL);
+  nbd_pool_set_observer(p, on_change, ec);
+  return 0;
+}
+
+void extents_detach(struct nbd_pool *p)
+{
+  struct extent_cache *ec = cache_of(p);
+  if (!ec)
+    return;
+  nbd_pool_set_observer(p, NULL, NULL);
+  pthread_mutex_destroy(&ec->lock);
+  free(ec->e);
+  free(ec);
 }
 
 /* ---- scans ---- */
@@ -210,13 +224,13 @@ static void on_extents(void *arg, uint64_t off, const struct nbd_extent *e, uint
 static void on_status_done(struct nbd_op *op, int err)
 {
   struct scan *s = (struct scan *)op;
-  struct extent_cache *ec = s->pool->extents;
+  struct extent_cache *ec = cache_of(s->pool);
   uint64_t size = nbd_pool_size(s->pool);
-  if (err || !s->ngot) {
+  if (err || !s->ngot || !ec) {
     /* No usable answer: the rest is data, which is always safe. */
     if (err)
       log_info("%s: block status at %llu failed (%s); treating the range as data",
-               s->pool->desc, (unsigned long long)s->pos, strerror(err));
+               nbd_pool_desc(s->pool), (unsigned long long)s->pos, strerror(err));
     visit_range(s, s->pos, s->end - s->pos, 0);
   } else {
     uint64_t expires = now_ms() + CACHE_TTL_MS, off = s->got_off;
@@ -250,9 +264,9 @@ static void on_status_done(struct nbd_op *op, int err)
 static void scan_run(struct scan *s)
 {
   struct nbd_pool *p = s->pool;
-  struct extent_cache *ec = p->extents;
+  struct extent_cache *ec = cache_of(p);
   while (!s->stopped && s->pos < s->end) {
-    if (!p->s.have_base_alloc || s->budget == 0) {
+    if (!ec || !nbd_pool_has_block_status(p) || s->budget == 0) {
       visit_range(s, s->pos, s->end - s->pos, 0);
       continue;
     }
@@ -274,7 +288,8 @@ static void scan_run(struct scan *s)
     /* Ask for everything up to the end, as far as the 32-bit length allows. */
     s->budget--;
     uint64_t want = s->end - s->pos;
-    uint64_t max = UINT32_MAX - UINT32_MAX % p->s.info.pref_block;
+    uint32_t pref = nbd_pool_info(p)->pref_block ? nbd_pool_info(p)->pref_block : 1;
+    uint64_t max = UINT32_MAX - UINT32_MAX % pref;
     if (want > max)
       want = max;
     nbd_op_init(&s->op, on_status_done);
@@ -352,48 +367,58 @@ static bool alloc_visit(struct scan *s, uint64_t start, uint64_t len, uint32_t f
   return false;
 }
 
-static void alloc_finish(struct scan *s)
+static void run_alloc_waiters(struct alloc_waiter *w, uint64_t bytes)
 {
-  struct extent_cache *ec = s->pool->extents;
-  pthread_mutex_lock(&ec->lock);
-  if (ec->gen == s->start_gen) {
-    ec->alloc_valid = true;
-    ec->alloc_bytes = s->sum;
-    ec->alloc_expires_ms = now_ms() + CACHE_TTL_MS;
-  }
-  struct alloc_waiter *w = ec->alloc_waiters;
-  ec->alloc_waiters = NULL;
-  ec->alloc_running = false;
-  pthread_mutex_unlock(&ec->lock);
   while (w) {
     struct alloc_waiter *next = w->next;
-    w->cb(w->arg, s->sum);
+    w->cb(w->arg, bytes);
     free(w);
     w = next;
   }
-  free(s);
 }
 
-bool extents_allocated_cached(struct nbd_pool *p, uint64_t *bytes)
+static void alloc_finish(struct scan *s)
 {
-  struct extent_cache *ec = p->extents;
+  struct extent_cache *ec = cache_of(s->pool);
+  struct alloc_waiter *w = NULL;
+  if (ec) {
+    pthread_mutex_lock(&ec->lock);
+    /* Written meanwhile: still the best estimate, but not fresh. */
+    ec->alloc_known = true;
+    ec->alloc_bytes = s->sum;
+    if (ec->gen == s->start_gen) {
+      ec->alloc_valid = true;
+      ec->alloc_expires_ms = now_ms() + CACHE_TTL_MS;
+    }
+    w = ec->alloc_waiters;
+    ec->alloc_waiters = NULL;
+    ec->alloc_running = false;
+    pthread_mutex_unlock(&ec->lock);
+  }
+  uint64_t sum = s->sum;
+  free(s);
+  run_alloc_waiters(w, sum);
+}
+
+bool extents_allocated_known(struct nbd_pool *p, uint64_t *bytes, bool *fresh)
+{
+  struct extent_cache *ec = cache_of(p);
+  *fresh = false;
+  if (!ec || !nbd_pool_has_block_status(p))
+    return false;
   pthread_mutex_lock(&ec->lock);
-  bool ok = ec->alloc_valid && ec->alloc_expires_ms > now_ms();
+  bool known = ec->alloc_known;
   *bytes = ec->alloc_bytes;
+  *fresh = ec->alloc_valid && ec->alloc_expires_ms > now_ms();
   pthread_mutex_unlock(&ec->lock);
-  return ok;
+  return known;
 }
 
 void extents_allocated(struct nbd_pool *p, extents_alloc_fn cb, void *arg)
 {
-  struct extent_cache *ec = p->extents;
-  uint64_t bytes;
-  if (!p->s.have_base_alloc) {
+  struct extent_cache *ec = cache_of(p);
+  if (!ec || !nbd_pool_has_block_status(p)) {
     cb(arg, nbd_pool_size(p));
-    return;
-  }
-  if (extents_allocated_cached(p, &bytes)) {
-    cb(arg, bytes);
     return;
   }
   struct alloc_waiter *w = malloc(sizeof *w);
@@ -404,32 +429,33 @@ void extents_allocated(struct nbd_pool *p, extents_alloc_fn cb, void *arg)
   w->cb = cb;
   w->arg = arg;
   pthread_mutex_lock(&ec->lock);
+  if (ec->alloc_valid && ec->alloc_expires_ms > now_ms()) {
+    uint64_t bytes = ec->alloc_bytes;
+    pthread_mutex_unlock(&ec->lock);
+    free(w);
+    cb(arg, bytes);
+    return;
+  }
   w->next = ec->alloc_waiters;
   ec->alloc_waiters = w;
   bool start = !ec->alloc_running;
   ec->alloc_running = true;
+  uint64_t gen = ec->gen;
   pthread_mutex_unlock(&ec->lock);
   if (!start)
     return; /* joins the scan under way */
   struct scan *s = scan_new(p, 0, nbd_pool_size(p), alloc_visit, alloc_finish);
   if (!s) {
-    /* Fail every waiter with the conservative answer. */
+    /* Every waiter gets the conservative answer. */
     pthread_mutex_lock(&ec->lock);
     struct alloc_waiter *l = ec->alloc_waiters;
     ec->alloc_waiters = NULL;
     ec->alloc_running = false;
     pthread_mutex_unlock(&ec->lock);
-    while (l) {
-      struct alloc_waiter *next = l->next;
-      l->cb(l->arg, nbd_pool_size(p));
-      free(l);
-      l = next;
-    }
+    run_alloc_waiters(l, nbd_pool_size(p));
     return;
   }
-  pthread_mutex_lock(&ec->lock);
-  s->start_gen = ec->gen;
-  pthread_mutex_unlock(&ec->lock);
+  s->start_gen = gen;
   scan_run(s);
 }
 
@@ -452,7 +478,7 @@ static void zero_finish(struct scan *s)
 void extents_check_zero(struct nbd_pool *p, uint64_t off, uint64_t len, extents_zero_fn cb,
                         void *arg)
 {
-  if (!p->s.have_base_alloc) {
+  if (!cache_of(p) || !nbd_pool_has_block_status(p)) {
     cb(arg, false);
     return;
   }

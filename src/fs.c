@@ -10,12 +10,14 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blockio.h"
@@ -30,24 +32,64 @@
 
 static struct fs *fs_of(fuse_req_t req) { return fuse_req_userdata(req); }
 
-/* The file behind an open handle (its pool is held until release). */
-static struct fs_file *handle_file(struct fuse_file_info *fi)
+/* An open file (fi->fh).  FLUSH requests carry no open flags (libfuse
+ * leaves fi->flags 0), so whether close() must flush is remembered here. */
+struct fs_handle {
+  struct fs_file *f;
+  struct nbd_pool *pool; /* held from open to release */
+  bool writable;
+  struct fs_handle *prev, *next; /* open handles, for an exit with files open */
+};
+
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct fs_handle *handles;
+
+static void handle_track(struct fs_handle *h)
 {
-  return (struct fs_file *)(uintptr_t)fi->fh;
+  pthread_mutex_lock(&handles_lock);
+  h->prev = NULL;
+  h->next = handles;
+  if (handles)
+    handles->prev = h;
+  handles = h;
+  pthread_mutex_unlock(&handles_lock);
 }
 
-/* Hold the file's pool if it is open (release with fs_file_release). */
-static struct nbd_pool *hold_pool(struct fs_file *f)
+static void handle_free(struct fs_handle *h)
 {
-  struct nbd_pool *p = NULL;
-  pthread_mutex_lock(&f->lock);
-  if (f->pool && !f->closing) {
-    p = f->pool;
-    f->users++;
-  }
-  pthread_mutex_unlock(&f->lock);
-  return p;
+  pthread_mutex_lock(&handles_lock);
+  if (h->prev)
+    h->prev->next = h->next;
+  else
+    handles = h->next;
+  if (h->next)
+    h->next->prev = h->prev;
+  pthread_mutex_unlock(&handles_lock);
+  free(h);
 }
+
+void fs_free_handles(void)
+{
+  pthread_mutex_lock(&handles_lock);
+  while (handles) {
+    struct fs_handle *h = handles;
+    handles = h->next;
+    free(h);
+  }
+  pthread_mutex_unlock(&handles_lock);
+}
+
+static struct fs_handle *handle_of(struct fuse_file_info *fi)
+{
+  return (struct fs_handle *)(uintptr_t)fi->fh;
+}
+
+/* Failed requests, logged rate-limited: one limiter per kind. */
+static struct log_limit read_fail = LOG_LIMIT_INIT;
+static struct log_limit write_fail = LOG_LIMIT_INIT;
+static struct log_limit flush_fail = LOG_LIMIT_INIT;
+static struct log_limit fallocate_fail = LOG_LIMIT_INIT;
+static struct log_limit lseek_fail = LOG_LIMIT_INIT;
 
 static void fill_times(struct fs *fs, struct stat *st)
 {
@@ -56,9 +98,12 @@ static void fill_times(struct fs *fs, struct stat *st)
   st->st_gid = fs->gid;
 }
 
-/* st_blocks: what block status last reported (pool held), or the whole
- * size when the server cannot tell or the export is not open. */
-static void file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held, struct stat *st)
+/* Fill st; returns how long the kernel may keep it.  st_blocks is what
+ * block status last reported (pool held), however old, so that stat never
+ * waits for the server; while that is not fresh the timeout is 0, so the
+ * next stat asks again (and sees the background scan's answer).  The
+ * whole size when the server cannot tell or the export is not open. */
+static double file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held, struct stat *st)
 {
   memset(st, 0, sizeof *st);
   pthread_mutex_lock(&f->lock);
@@ -66,25 +111,110 @@ static void file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held, s
   st->st_blksize = (blksize_t)(f->info.pref_block ? f->info.pref_block : 4096);
   st->st_mode = S_IFREG | (f->readonly ? 0444 : 0644);
   pthread_mutex_unlock(&f->lock);
-  uint64_t alloc = size;
-  if (held && held->s.have_base_alloc && !extents_allocated_cached(held, &alloc))
-    alloc = size;
+  uint64_t alloc = size, bytes;
+  double timeout = ATTR_TIMEOUT;
+  bool fresh;
+  if (held && nbd_pool_has_block_status(held)) {
+    if (extents_allocated_known(held, &bytes, &fresh))
+      alloc = bytes;
+    if (!fresh)
+      timeout = 0;
+  }
   st->st_ino = f->ino;
   st->st_nlink = 1;
   st->st_size = (off_t)size;
   st->st_blocks = (blkcnt_t)((alloc + 511) / 512);
   fill_times(fs, st);
+  return timeout;
 }
 
-/* How long the kernel may keep attributes: not at all while st_blocks is
- * only a guess (allocation not known yet), so the next stat asks again. */
-static double attr_timeout(struct nbd_pool *held)
+/* Allocation not known, or no longer fresh (written since, or expired). */
+static bool alloc_stale(struct nbd_pool *p)
 {
   uint64_t bytes;
-  if (held && held->s.have_base_alloc && !extents_allocated_cached(held, &bytes))
-    return 0;
-  return ATTR_TIMEOUT;
+  bool fresh;
+  if (!nbd_pool_has_block_status(p))
+    return false;
+  extents_allocated_known(p, &bytes, &fresh);
+  return !fresh;
 }
+
+struct alloc_scan {
+  struct fs *fs;
+  struct fs_file *f;
+};
+
+static void alloc_scanned(void *arg, uint64_t bytes)
+{
+  (void)bytes; /* cached now: the next stat picks it up */
+  struct alloc_scan *a = arg;
+  fs_file_release(a->fs, a->f);
+  free(a);
+}
+
+/* Compute the allocated size in the background (joining a scan under
+ * way).  The scan holds the pool (a user of the file) until it ends, so an
+ * idle close cannot pull it away. */
+static void refresh_allocated(struct fs *fs, struct fs_file *f, struct nbd_pool *held)
+{
+  if (!alloc_stale(held))
+    return;
+  struct alloc_scan *a = malloc(sizeof *a);
+  if (!a)
+    return;
+  *a = (struct alloc_scan){ fs, f };
+  fs_file_hold(f); /* the same pool: held already */
+  extents_allocated(held, alloc_scanned, a);
+}
+
+/* How long stat waits for a block status scan before answering with the
+ * last known allocated size: enough for a healthy server (a scan is one or
+ * a few round trips), so st_blocks is exact right after a write or punch;
+ * short, so that a stalled server never holds up stat or ls for long. */
+#define STAT_WAIT_MS 250
+
+/* A getattr waiting for a scan.  Whichever comes first, the scan or the
+ * deadline (kept by the reply thread), answers; the other only drops its
+ * reference.  The pool is held until both are done. */
+struct stat_wait {
+  fuse_req_t req;
+  struct fs *fs;
+  struct fs_file *f;
+  struct nbd_pool *p;
+  atomic_int refs;
+  atomic_bool answered;
+  uint64_t deadline_ms;
+  struct stat_wait *next;
+};
+
+static uint64_t mono_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void stat_wait_answer(struct stat_wait *w)
+{
+  if (!atomic_exchange(&w->answered, true)) {
+    struct stat st;
+    double timeout = file_stat(w->fs, w->f, w->p, &st);
+    fuse_reply_attr(w->req, &st, timeout);
+  }
+  if (atomic_fetch_sub(&w->refs, 1) == 1) {
+    fs_file_release(w->fs, w->f);
+    free(w);
+  }
+}
+
+static void stat_scanned(void *arg, uint64_t bytes)
+{
+  (void)bytes; /* cached now: file_stat picks it up */
+  stat_wait_answer(arg);
+}
+
+/* Give w to the reply thread's deadline list (false: no thread running). */
+static bool stat_wait_queue(struct stat_wait *w);
 
 static void dir_stat(struct fs *fs, struct stat *st)
 {
@@ -123,30 +253,13 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
   struct fuse_entry_param e = { .ino = f->ino,
                                 .entry_timeout = fs->mode == FS_EXPORTS ? EXPORT_ENTRY_TIMEOUT
                                                                         : ENTRY_TIMEOUT };
-  struct nbd_pool *p = hold_pool(f);
-  file_stat(fs, f, p, &e.attr);
-  e.attr_timeout = attr_timeout(p);
+  struct nbd_pool *p = fs_file_hold(f);
+  if (p)
+    refresh_allocated(fs, f, p);
+  e.attr_timeout = file_stat(fs, f, p, &e.attr);
   if (p)
     fs_file_release(fs, f);
   fuse_reply_entry(req, &e);
-}
-
-struct getattr_ctx {
-  fuse_req_t req;
-  struct fs *fs;
-  struct fs_file *f;
-  struct nbd_pool *p;
-};
-
-static void getattr_allocated(void *arg, uint64_t bytes)
-{
-  (void)bytes; /* now cached: file_stat picks it up */
-  struct getattr_ctx *g = arg;
-  struct stat st;
-  file_stat(g->fs, g->f, g->p, &st);
-  fs_file_release(g->fs, g->f);
-  fuse_reply_attr(g->req, &st, ATTR_TIMEOUT);
-  free(g);
 }
 
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -164,19 +277,27 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     fuse_reply_attr(req, &st, ATTR_TIMEOUT);
     return;
   }
-  struct nbd_pool *p = hold_pool(f);
-  uint64_t bytes;
-  if (p && p->s.have_base_alloc && !extents_allocated_cached(p, &bytes)) {
-    /* Ask the server what is allocated, then answer (cached briefly). */
-    struct getattr_ctx *g = malloc(sizeof *g);
-    if (g) {
-      *g = (struct getattr_ctx){ req, fs, f, p };
-      extents_allocated(p, getattr_allocated, g);
-      return;
+  struct nbd_pool *p = fs_file_hold(f);
+  if (p && alloc_stale(p)) {
+    /* Ask the server, but answer by the deadline whatever happens. */
+    struct stat_wait *w = malloc(sizeof *w);
+    if (w) {
+      w->req = req;
+      w->fs = fs;
+      w->f = f;
+      w->p = p; /* this getattr's hold passes to w */
+      atomic_init(&w->refs, 2);
+      atomic_init(&w->answered, false);
+      w->deadline_ms = mono_ms() + STAT_WAIT_MS;
+      if (stat_wait_queue(w)) {
+        extents_allocated(p, stat_scanned, w);
+        return;
+      }
+      free(w);
     }
+    refresh_allocated(fs, f, p);
   }
-  file_stat(fs, f, p, &st);
-  double timeout = attr_timeout(p);
+  double timeout = file_stat(fs, f, p, &st);
   if (p)
     fs_file_release(fs, f);
   fuse_reply_attr(req, &st, timeout);
@@ -208,9 +329,8 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
   }
   /* Times are not stored anywhere: accept and ignore them (touch works). */
   struct stat st;
-  struct nbd_pool *p = hold_pool(f);
-  file_stat(fs, f, p, &st);
-  double timeout = attr_timeout(p);
+  struct nbd_pool *p = fs_file_hold(f);
+  double timeout = file_stat(fs, f, p, &st);
   if (p)
     fs_file_release(fs, f);
   fuse_reply_attr(req, &st, timeout);
@@ -227,18 +347,34 @@ static void open_ready(void *arg, struct fs_file *f, int err)
   struct open_ctx *o = arg;
   if (err) {
     fuse_reply_err(o->req, err);
-  } else if ((o->fi.flags & O_ACCMODE) != O_RDONLY && f->readonly) {
+    free(o);
+    return;
+  }
+  bool writable = (o->fi.flags & O_ACCMODE) != O_RDONLY;
+  pthread_mutex_lock(&f->lock);
+  struct nbd_pool *pool = f->pool;
+  bool ro = f->readonly;
+  pthread_mutex_unlock(&f->lock);
+  struct fs_handle *h = NULL;
+  if (writable && ro) {
     fs_file_release(o->fs, f);
     fuse_reply_err(o->req, EROFS);
+  } else if (!(h = malloc(sizeof *h))) {
+    fs_file_release(o->fs, f);
+    fuse_reply_err(o->req, ENOMEM);
   } else {
-    o->fi.fh = (uintptr_t)f;
+    *h = (struct fs_handle){ .f = f, .pool = pool, .writable = writable };
+    handle_track(h);
+    o->fi.fh = (uintptr_t)h;
     /* O_DIRECT asks to bypass the cache anyway; a direct_io handle also
      * spares every write the kernel's security.capability lookup (one
      * synchronous round trip per write on cached handles). */
     o->fi.direct_io = o->fs->direct_io || (o->fi.flags & O_DIRECT);
     o->fi.keep_cache = 0;
-    if (fuse_reply_open(o->req, &o->fi) != 0) /* interrupted: no release will come */
+    if (fuse_reply_open(o->req, &o->fi) != 0) { /* interrupted: no release will come */
       fs_file_release(o->fs, f);
+      handle_free(h);
+    }
   }
   free(o);
 }
@@ -271,6 +407,8 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 struct read_op {
   struct nbd_op op;
   fuse_req_t req;
+  struct nbd_pool *pool;
+  uint64_t off;          /* what the caller asked for (for logs) */
   struct read_op *next;  /* in the reply queue */
   size_t skip;   /* bytes of alignment padding before the data asked for */
   size_t len;
@@ -284,16 +422,19 @@ struct read_op {
  * hand-off would cost more than it saves. */
 #define OFFLOAD_MIN (256 * 1024)
 
+/* The same thread answers getattrs whose scan missed its deadline. */
 struct reply_queue {
   pthread_mutex_t lock;
-  pthread_cond_t cond;
+  pthread_cond_t cond;         /* CLOCK_MONOTONIC */
   struct read_op *head, **tail;
+  struct stat_wait *waits, **waits_tail; /* FIFO is deadline order: one fixed delay */
   bool stop;
   bool running;
   pthread_t thread;
 };
 static struct reply_queue replies = { .lock = PTHREAD_MUTEX_INITIALIZER,
-                                      .cond = PTHREAD_COND_INITIALIZER, .tail = &replies.head };
+                                      .cond = PTHREAD_COND_INITIALIZER, .tail = &replies.head,
+                                      .waits_tail = &replies.waits };
 
 static void *reply_main(void *arg)
 {
@@ -302,9 +443,25 @@ static void *reply_main(void *arg)
   for (;;) {
     struct read_op *r = replies.head;
     if (!r) {
+      struct stat_wait *w = replies.waits;
+      if (w && (replies.stop || w->deadline_ms <= mono_ms())) {
+        replies.waits = w->next;
+        if (!replies.waits)
+          replies.waits_tail = &replies.waits;
+        pthread_mutex_unlock(&replies.lock);
+        stat_wait_answer(w);
+        pthread_mutex_lock(&replies.lock);
+        continue;
+      }
       if (replies.stop)
         break;
-      pthread_cond_wait(&replies.cond, &replies.lock);
+      if (w) {
+        struct timespec until = { .tv_sec = (time_t)(w->deadline_ms / 1000),
+                                  .tv_nsec = (long)(w->deadline_ms % 1000) * 1000000 };
+        pthread_cond_timedwait(&replies.cond, &replies.lock, &until);
+      } else {
+        pthread_cond_wait(&replies.cond, &replies.lock);
+      }
       continue;
     }
     replies.head = r->next;
@@ -321,16 +478,43 @@ static void *reply_main(void *arg)
 
 int fs_reply_thread_start(void)
 {
+  /* Nobody uses the condition before the thread runs: give it the
+   * monotonic clock of the deadlines. */
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_destroy(&replies.cond);
+  pthread_cond_init(&replies.cond, &ca);
+  pthread_condattr_destroy(&ca);
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, &old);
+  pthread_mutex_lock(&replies.lock);
+  replies.stop = false;
   int r = pthread_create(&replies.thread, NULL, reply_main, NULL);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
   replies.running = r == 0;
+  pthread_mutex_unlock(&replies.lock);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
   return -r;
 }
 
-/* Send what is queued, then stop (every read has been answered). */
+static bool stat_wait_queue(struct stat_wait *w)
+{
+  pthread_mutex_lock(&replies.lock);
+  bool ok = replies.running && !replies.stop;
+  if (ok) {
+    w->next = NULL;
+    *replies.waits_tail = w;
+    replies.waits_tail = &w->next;
+    if (replies.waits == w) /* the earliest deadline now */
+      pthread_cond_signal(&replies.cond);
+  }
+  pthread_mutex_unlock(&replies.lock);
+  return ok;
+}
+
+/* Send what is queued, answer waiting getattrs, then stop (every read has
+ * been answered). */
 void fs_reply_thread_stop(void)
 {
   if (!replies.running)
@@ -355,10 +539,13 @@ static void read_complete(struct nbd_op *op, int err)
     pthread_mutex_unlock(&replies.lock);
     return;
   }
-  if (err)
+  if (err) {
+    log_failure(&read_fail, "%s: read of %zu bytes at offset %llu failed: %s",
+                nbd_pool_desc(r->pool), r->len, (unsigned long long)r->off, strerror(err));
     fuse_reply_err(r->req, err);
-  else
+  } else {
     fuse_reply_buf(r->req, r->buf + r->skip, r->len);
+  }
   free(r);
 }
 
@@ -366,8 +553,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
   (void)ino;
-  struct fs_file *f = handle_file(fi);
-  uint64_t fsize = nbd_pool_size(f->pool);
+  struct nbd_pool *pool = handle_of(fi)->pool;
+  uint64_t fsize = nbd_pool_size(pool);
   if ((uint64_t)off >= fsize || size == 0) {
     fuse_reply_buf(req, NULL, 0);
     return;
@@ -375,7 +562,7 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   if (size > fsize - (uint64_t)off)
     size = fsize - (uint64_t)off; /* short read at the end */
   /* Widen to the server's minimum block size (the size is a multiple of it). */
-  uint64_t align = f->pool->s.info.min_block;
+  uint64_t align = nbd_pool_min_block(pool);
   uint64_t start = (uint64_t)off - (uint64_t)off % align;
   uint64_t end = (uint64_t)off + size;
   end += (align - end % align) % align;
@@ -386,9 +573,11 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   }
   nbd_op_init(&r->op, read_complete);
   r->req = req;
+  r->pool = pool;
+  r->off = (uint64_t)off;
   r->skip = (size_t)((uint64_t)off - start);
   r->len = size;
-  nbd_pool_io(f->pool, &r->op, NBD_CMD_READ, 0, start, end - start, r->buf);
+  nbd_pool_io(pool, &r->op, NBD_CMD_READ, 0, start, end - start, r->buf);
   nbd_op_put(&r->op);
 }
 
@@ -398,8 +587,10 @@ struct write_op {
   struct nbd_op op;
   fuse_req_t req;
   struct nbd_pool *pool;
+  uint64_t off;
   size_t len;
   bool flush_after;  /* O_DSYNC without FUA: FLUSH before answering */
+  bool flushing;
 };
 
 static void write_complete(struct nbd_op *op, int err)
@@ -407,15 +598,20 @@ static void write_complete(struct nbd_op *op, int err)
   struct write_op *w = (struct write_op *)op;
   if (!err && w->flush_after) {
     w->flush_after = false;
+    w->flushing = true;
     nbd_op_init(&w->op, write_complete);
     nbd_pool_flush(w->pool, &w->op);
     nbd_op_put(&w->op);
     return;
   }
-  if (err)
+  if (err) {
+    log_failure(&write_fail, "%s: %s of %zu bytes at offset %llu failed: %s",
+                nbd_pool_desc(w->pool), w->flushing ? "flush after a synchronous write" : "write",
+                w->len, (unsigned long long)w->off, strerror(err));
     fuse_reply_err(w->req, err == EPERM ? EROFS : err);
-  else
+  } else {
     fuse_reply_write(w->req, w->len);
+  }
   free(w);
 }
 
@@ -423,12 +619,13 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
                      struct fuse_file_info *fi)
 {
   (void)ino;
-  struct fs_file *f = handle_file(fi);
-  if (f->readonly) {
+  struct fs_handle *h = handle_of(fi);
+  if (h->f->readonly) {
     fuse_reply_err(req, EROFS);
     return;
   }
-  uint64_t fsize = nbd_pool_size(f->pool);
+  struct nbd_pool *pool = h->pool;
+  uint64_t fsize = nbd_pool_size(pool);
   if (size == 0) {
     fuse_reply_write(req, 0);
     return;
@@ -444,42 +641,50 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     fuse_reply_err(req, ENOMEM);
     return;
   }
-  uint16_t tflags = nbd_pool_flags(f->pool);
+  uint16_t tflags = nbd_pool_flags(pool);
   bool sync = fi->flags & (O_SYNC | O_DSYNC);
   uint16_t flags = (sync && (tflags & NBD_FLAG_SEND_FUA)) ? NBD_CMD_FLAG_FUA : 0;
   nbd_op_init(&w->op, write_complete);
   w->req = req;
-  w->pool = f->pool;
+  w->pool = pool;
+  w->off = (uint64_t)off;
   w->len = size;
   w->flush_after = sync && !flags;
-  blockio_write(f->pool, &w->op, flags, (uint64_t)off, size, buf);
+  w->flushing = false;
+  blockio_write(pool, &w->op, flags, (uint64_t)off, size, buf);
   nbd_op_put(&w->op);
 }
 
 /* ---- flush / fsync ---- */
 
-struct reply_op {
+struct flush_op {
   struct nbd_op op;
   fuse_req_t req;
+  struct nbd_pool *pool;
+  const char *what;
 };
 
-static void reply_err_complete(struct nbd_op *op, int err)
+static void flush_complete(struct nbd_op *op, int err)
 {
-  struct reply_op *r = (struct reply_op *)op;
+  struct flush_op *r = (struct flush_op *)op;
+  if (err)
+    log_failure(&flush_fail, "%s: %s failed: %s", nbd_pool_desc(r->pool), r->what, strerror(err));
   fuse_reply_err(r->req, err);
   free(r);
 }
 
-static void do_flush(fuse_req_t req, struct fs_file *f)
+static void do_flush(fuse_req_t req, struct nbd_pool *pool, const char *what)
 {
-  struct reply_op *r = malloc(sizeof *r);
+  struct flush_op *r = malloc(sizeof *r);
   if (!r) {
     fuse_reply_err(req, ENOMEM);
     return;
   }
-  nbd_op_init(&r->op, reply_err_complete);
+  nbd_op_init(&r->op, flush_complete);
   r->req = req;
-  nbd_pool_flush(f->pool, &r->op);
+  r->pool = pool;
+  r->what = what;
+  nbd_pool_flush(pool, &r->op); /* sends nothing when nothing is unflushed */
   nbd_op_put(&r->op);
 }
 
@@ -488,24 +693,26 @@ static void do_flush(fuse_req_t req, struct fs_file *f)
 static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   (void)ino;
-  if ((fi->flags & O_ACCMODE) == O_RDONLY) {
+  struct fs_handle *h = handle_of(fi);
+  if (!h->writable) {
     fuse_reply_err(req, 0);
     return;
   }
-  do_flush(req, handle_file(fi));
+  do_flush(req, h->pool, "flush on close");
 }
 
 static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
   (void)ino;
-  (void)datasync;
-  do_flush(req, handle_file(fi));
+  do_flush(req, handle_of(fi)->pool, datasync ? "fdatasync" : "fsync");
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
   (void)ino;
-  fs_file_release(fs_of(req), handle_file(fi));
+  struct fs_handle *h = handle_of(fi);
+  fs_file_release(fs_of(req), h->f);
+  handle_free(h);
   fuse_reply_err(req, 0);
 }
 
@@ -514,14 +721,20 @@ static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 struct fallocate_op {
   struct nbd_op op;
   fuse_req_t req;
-  struct fs_file *f;
+  struct nbd_pool *pool;
   fuse_ino_t ino;
+  uint64_t off, len;
+  bool punch;
 };
 
 static void fallocate_complete(struct nbd_op *op, int err)
 {
   struct fallocate_op *a = (struct fallocate_op *)op;
   struct fuse_session *se = fs_of(a->req)->se;
+  if (err)
+    log_failure(&fallocate_fail, "%s: %s of %llu bytes at offset %llu failed: %s",
+                nbd_pool_desc(a->pool), a->punch ? "punching a hole" : "zeroing a range",
+                (unsigned long long)a->len, (unsigned long long)a->off, strerror(err));
   fuse_reply_err(a->req, err == EPERM ? EROFS : err);
   /* st_blocks changed: drop the kernel's cached attributes. */
   if (!err)
@@ -532,16 +745,17 @@ static void fallocate_complete(struct nbd_op *op, int err)
 static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len,
                          struct fuse_file_info *fi)
 {
-  struct fs_file *f = handle_file(fi);
+  struct fs_handle *h = handle_of(fi);
   if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
     fuse_reply_err(req, EOPNOTSUPP);
     return;
   }
-  if (f->readonly) {
+  if (h->f->readonly) {
     fuse_reply_err(req, EROFS);
     return;
   }
-  uint64_t size = nbd_pool_size(f->pool), start = (uint64_t)off, end;
+  struct nbd_pool *pool = h->pool;
+  uint64_t size = nbd_pool_size(pool), start = (uint64_t)off, end;
   if (off < 0 || len <= 0 || __builtin_add_overflow(start, (uint64_t)len, &end)) {
     fuse_reply_err(req, EINVAL);
     return;
@@ -566,28 +780,42 @@ static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
   }
   nbd_op_init(&a->op, fallocate_complete);
   a->req = req;
-  a->f = f;
+  a->pool = pool;
   a->ino = ino;
-  blockio_zero(f->pool, &a->op, start, end - start, mode & FALLOC_FL_PUNCH_HOLE);
+  a->off = start;
+  a->len = end - start;
+  a->punch = mode & FALLOC_FL_PUNCH_HOLE;
+  blockio_zero(pool, &a->op, start, end - start, a->punch);
   nbd_op_put(&a->op);
 }
 
 /* ---- lseek (SEEK_DATA / SEEK_HOLE) ---- */
 
+struct lseek_ctx {
+  fuse_req_t req;
+  struct nbd_pool *pool;
+  uint64_t off;
+  bool data;
+};
+
 static void lseek_done(void *arg, int err, uint64_t result)
 {
-  fuse_req_t req = arg;
+  struct lseek_ctx *l = arg;
+  if (err && err != ENXIO) /* ENXIO is an answer (no more data), not a failure */
+    log_failure(&lseek_fail, "%s: lseek(%s) from offset %llu failed: %s", nbd_pool_desc(l->pool),
+                l->data ? "SEEK_DATA" : "SEEK_HOLE", (unsigned long long)l->off, strerror(err));
   if (err)
-    fuse_reply_err(req, err);
+    fuse_reply_err(l->req, err);
   else
-    fuse_reply_lseek(req, (off_t)result);
+    fuse_reply_lseek(l->req, (off_t)result);
+  free(l);
 }
 
 static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
                      struct fuse_file_info *fi)
 {
   (void)ino;
-  struct fs_file *f = handle_file(fi);
+  struct nbd_pool *pool = handle_of(fi)->pool;
   if (whence != SEEK_DATA && whence != SEEK_HOLE) {
     fuse_reply_err(req, EINVAL);
     return;
@@ -596,7 +824,13 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
     fuse_reply_err(req, ENXIO);
     return;
   }
-  extents_seek(f->pool, (uint64_t)off, whence == SEEK_DATA, lseek_done, req);
+  struct lseek_ctx *l = malloc(sizeof *l);
+  if (!l) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  *l = (struct lseek_ctx){ req, pool, (uint64_t)off, whence == SEEK_DATA };
+  extents_seek(pool, (uint64_t)off, whence == SEEK_DATA, lseek_done, l);
 }
 
 /* ---- directory ---- */
@@ -730,11 +964,14 @@ static void xattr_ready(void *arg, struct fs_file *f, int err)
   if (err) {
     fuse_reply_err(x->req, err);
   } else {
+    pthread_mutex_lock(&f->lock);
     char *v = fs_xattr_get(x->fs, f, x->name);
+    int e = errno;
+    pthread_mutex_unlock(&f->lock);
     if (v)
       reply_xattr_value(x->req, v, x->size);
     else
-      fuse_reply_err(x->req, errno);
+      fuse_reply_err(x->req, e);
     free(v);
     fs_file_release(x->fs, f);
   }

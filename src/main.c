@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "extents.h"
 #include "fs.h"
 #include "log.h"
 #include "loop.h"
@@ -132,6 +133,12 @@ static void on_fuse(void *arg, uint32_t events)
   nbd_conn_uncork();
 }
 
+static void stop_fuse_source(void *arg)
+{
+  struct fuse_source *fsrc = arg;
+  loop_remove(&fsrc->src);
+}
+
 /* Wait for a signal or the end of the session. */
 static void wait_for_end(int endfd)
 {
@@ -199,6 +206,10 @@ static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tl
                    .pool_opts = { .uri = uri, .connections = opt->connections,
                                   .timeout_s = opt->timeout_s,
                                   .connect_timeout_s = opt->connect_timeout_s,
+                                  .reconnect_delay_s = opt->reconnect_delay_s,
+                                  .no_reconnect = opt->no_reconnect,
+                                  .retry_s = opt->retry_s,
+                                  .replay_limit = (uint64_t)opt->replay_limit_mib << 20,
                                   .tls_mode = tls->mode, .tls = creds } };
   fs_init_table(&fs);
   clock_gettime(CLOCK_REALTIME, &fs.mount_time);
@@ -222,22 +233,26 @@ static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tl
       rc = 1;
       goto out_early;
     }
-    log_info("%s: %llu bytes, %d connection%s, block sizes %u/%u/%u%s", pool->desc,
-             (unsigned long long)nbd_pool_size(pool), pool->n, pool->n == 1 ? "" : "s",
-             pool->s.info.min_block, pool->s.info.pref_block, pool->s.info.max_block,
-             pool->s.structured ? ", structured replies" : "");
+    const struct nbd_export_info *info = nbd_pool_info(pool);
+    int nconn = nbd_pool_connections(pool, NULL);
+    log_info("%s: %llu bytes, %d connection%s, block sizes %u/%u/%u%s", nbd_pool_desc(pool),
+             (unsigned long long)info->size, nconn, nconn == 1 ? "" : "s", info->min_block,
+             info->pref_block, info->max_block,
+             nbd_pool_session(pool)->structured ? ", structured replies" : "");
     fs.mode = target.file_name ? FS_SINGLE : FS_NAKED;
-    struct fs_file *f = fs_add_file(&fs, target.file_name, uri->export_name);
+    struct fs_file *f = extents_attach(pool) == 0 ? fs_add_file(&fs, target.file_name, uri->export_name)
+                                                  : NULL;
     if (!f) {
       fprintf(stderr, "nbdfs: out of memory\n");
-      nbd_pool_shutdown(pool);
+      nbd_pool_close(pool);
+      extents_detach(pool);
       nbd_pool_free(pool);
       fs_free(&fs);
       rc = 1;
       goto out_early;
     }
     fs_file_set_pool(&fs, f, pool);
-    what = pool->desc;
+    what = nbd_pool_desc(pool);
   }
 
   /* FUSE arguments: program name, our defaults, then the user's -o. */
@@ -292,7 +307,7 @@ static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tl
   fs.nloops = nloops;
   if (endfd < 0 || nloops < opt->threads ||
       (fs.mode != FS_EXPORTS && nbd_pool_attach(fs.files[0]->pool, loops, nloops) < 0) ||
-      fs_start(&fs) < 0) {
+      fs_reply_thread_start() < 0 || fs_start(&fs) < 0) {
     log_error("cannot start worker threads");
     goto out_stop;
   }
@@ -312,15 +327,22 @@ static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tl
   rc = 0;
 
 out_stop:
-  /* Stop taking requests, answer everything in flight, flush, disconnect;
-   * then stop the workers and unmount. */
+  /* Stop taking FUSE requests (and wait until no worker is still reading
+   * one), answer everything taken, flush, disconnect; then stop the
+   * workers and unmount. */
   fuse_session_exit(se);
+  for (int i = 0; i < nloops; i++) /* on its own loop: it may be removing it too */
+    if (loop_post(loops[i], stop_fuse_source, &fsrcs[i]) < 0)
+      loop_remove(&fsrcs[i].src);
   for (int i = 0; i < nloops; i++)
-    loop_remove(&fsrcs[i].src);
-  fs_shutdown(&fs);
+    loop_barrier(loops[i]);
+  if (fs_shutdown(&fs) != 0)
+    rc = 1; /* acknowledged writes may not be durable */
+  fs_reply_thread_stop();
   fs_down = true;
   for (int i = 0; i < nloops; i++)
     loop_free(loops[i]);
+  fs_free_handles();
   for (int i = 0; i < nloops; i++)
     free(fsrcs[i].buf.mem);
 out_unmount:
@@ -328,8 +350,9 @@ out_unmount:
 out_session:
   fuse_session_destroy(se);
 out_fs:
-  if (!fs_down)
-    fs_shutdown(&fs);
+  if (!fs_down && fs_shutdown(&fs) != 0)
+    rc = 1;
+  log_flush_suppressed();
   fs_free(&fs);
   free(loops);
   free(fsrcs);

@@ -39,9 +39,23 @@ static void usage(FILE *out)
 "      --tls-username NAME  PSK identity (default: the URI's user@, else yours)\n"
 "      --tls-hostname NAME  name to check the server certificate against\n"
 "      --no-tls-verify-peer  do not authenticate the server (insecure)\n"
-"      --timeout SECS    fail requests the server leaves unanswered this long\n"
-"                        and drop that connection (default 60, 0 = never)\n"
+"      --timeout SECS    a connection that answers nothing this long while\n"
+"                        requests are outstanding is dropped and replaced, its\n"
+"                        requests sent again (default 60; 0 = never; a connection\n"
+"                        with only FLUSHes outstanding gets five times as long)\n"
 "      --connect-timeout SECS  bound on connecting and negotiating (default 30)\n"
+"      --reconnect-delay SECS  how long a request may wait for a usable\n"
+"                        connection, from when it was first sent, before it\n"
+"                        fails with EIO; while none exists past that, new\n"
+"                        requests fail at once (default 30; 0 = fail at once\n"
+"                        but keep reconnecting)\n"
+"      --no-reconnect    a lost connection stays lost: its requests and later\n"
+"                        ones fail with EIO\n"
+"      --retry SECS      keep trying the first connection this long before the\n"
+"                        mount fails (default 0)\n"
+"      --replay-limit MIB  keep acknowledged writes not yet covered by a FLUSH,\n"
+"                        to send again after a reconnect, up to about this much;\n"
+"                        past it, FLUSH early (default 64)\n"
 "      --direct-io       bypass the kernel page cache\n"
 "      --threads N       worker threads, each serving FUSE and its connections (default 1)\n"
 "  -v, --verbose         more messages (repeat for debug)\n"
@@ -63,7 +77,8 @@ static int parse_int(const char *s, int lo, int hi, const char *what, int *out)
 }
 
 enum { OPT_TIMEOUT = 256, OPT_CONNECT_TIMEOUT, OPT_DIRECT_IO, OPT_THREADS, OPT_EXPORTS,
-       OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_USER, OPT_TLS_HOST, OPT_NO_VERIFY };
+       OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_USER, OPT_TLS_HOST, OPT_NO_VERIFY,
+       OPT_RECONNECT_DELAY, OPT_NO_RECONNECT, OPT_RETRY, OPT_REPLAY_LIMIT };
 
 int options_parse(int argc, char **argv, struct nbdfs_options *o)
 {
@@ -78,6 +93,10 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
     { "help", no_argument, NULL, 'h' },
     { "timeout", required_argument, NULL, OPT_TIMEOUT },
     { "connect-timeout", required_argument, NULL, OPT_CONNECT_TIMEOUT },
+    { "reconnect-delay", required_argument, NULL, OPT_RECONNECT_DELAY },
+    { "no-reconnect", no_argument, NULL, OPT_NO_RECONNECT },
+    { "retry", required_argument, NULL, OPT_RETRY },
+    { "replay-limit", required_argument, NULL, OPT_REPLAY_LIMIT },
     { "direct-io", no_argument, NULL, OPT_DIRECT_IO },
     { "threads", required_argument, NULL, OPT_THREADS },
     { "exports", no_argument, NULL, OPT_EXPORTS },
@@ -93,6 +112,9 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
   o->connections = 4;
   o->timeout_s = 60;
   o->connect_timeout_s = 30;
+  o->reconnect_delay_s = 30;
+  o->retry_s = 0;
+  o->replay_limit_mib = 64;
   o->threads = 1;
   o->tls.verify_peer = true;
   o->tls.mode = TLS_OFF;
@@ -124,6 +146,19 @@ int options_parse(int argc, char **argv, struct nbdfs_options *o)
       break;
     case OPT_CONNECT_TIMEOUT:
       if (parse_int(optarg, 1, 3600, "--connect-timeout", &o->connect_timeout_s) < 0)
+        return -1;
+      break;
+    case OPT_RECONNECT_DELAY:
+      if (parse_int(optarg, 0, 86400, "--reconnect-delay", &o->reconnect_delay_s) < 0)
+        return -1;
+      break;
+    case OPT_NO_RECONNECT: o->no_reconnect = true; break;
+    case OPT_RETRY:
+      if (parse_int(optarg, 0, 86400, "--retry", &o->retry_s) < 0)
+        return -1;
+      break;
+    case OPT_REPLAY_LIMIT:
+      if (parse_int(optarg, 0, 65536, "--replay-limit", &o->replay_limit_mib) < 0)
         return -1;
       break;
     case OPT_DIRECT_IO: o->direct_io = true; break;

@@ -33,7 +33,8 @@ size_t fs_xattr_list(char *buf, size_t size)
 static char *flags_string(struct fs_file *f)
 {
   uint16_t t = f->info.tflags;
-  bool ctx = f->pool && f->pool->s.have_base_alloc;
+  const struct nbd_session *ss = f->pool ? nbd_pool_session(f->pool) : NULL;
+  bool ctx = ss && ss->have_base_alloc;
   char *s = NULL;
   if (asprintf(&s,
                "read_only=%s flush=%s fua=%s rotational=%s trim=%s zero=%s fast_zero=%s "
@@ -45,7 +46,7 @@ static char *flags_string(struct fs_file *f)
                t & NBD_FLAG_SEND_FAST_ZERO ? "true" : "false",
                t & NBD_FLAG_SEND_CACHE ? "true" : "false",
                t & NBD_FLAG_CAN_MULTI_CONN ? "true" : "false", t & NBD_FLAG_SEND_DF ? "true" : "false",
-               f->pool && f->pool->s.structured ? "true" : "false",
+               ss && ss->structured ? "true" : "false",
                ctx ? "base:allocation" : "none") < 0)
     return NULL;
   return s;

@@ -1,0 +1,120 @@
+/* exports.h: the files of the mount and the lifecycle of their pools.
+ *
+ * One file per export.  In directory mode a file's pool is opened when the
+ * file is first used and closed some seconds after its last user; in
+ * single-export mode the pool lives for the whole mount.  Nothing here
+ * knows FUSE requests: fs.c builds on this.
+ */
+#ifndef NBDFS_EXPORTS_H
+#define NBDFS_EXPORTS_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "extents.h"
+#include "handshake.h"
+#include "pool.h"
+#include "uri.h"
+
+struct fuse_session;
+struct nbd_loop;
+struct open_waiter;
+struct hk_job;
+
+/* One export, shown as one file.  Never freed while mounted, so inode
+ * numbers stay valid; an export that vanishes from the server is marked
+ * gone and stops being listed. */
+struct fs_file {
+  char *name;                  /* file name in the directory (escaped export name) */
+  char *export_name;           /* the real export name */
+  uint64_t ino;
+  pthread_mutex_t lock;        /* protects everything below */
+  struct nbd_export_info info; /* size, flags, block sizes, description */
+  bool have_info;
+  bool readonly;               /* -r, or the export is read-only */
+  bool gone;
+  bool permanent;              /* single-export mode: the pool lives for the whole mount */
+  struct nbd_pool *pool;       /* NULL until opened, and again once idle (directory mode) */
+  int users;                   /* open handles and operations holding the pool */
+  uint64_t idle_since_ms;
+  bool opening;
+  bool closing;                /* an idle pool with unflushed writes is being closed */
+  struct open_waiter *waiters; /* acquirers waiting for the pool */
+};
+
+enum fs_mode { FS_SINGLE, FS_NAKED, FS_EXPORTS };
+
+struct fs {
+  enum fs_mode mode;
+  pthread_rwlock_t files_lock; /* the table grows when exports appear */
+  struct fs_file **files;
+  int nfiles, cap;
+  bool direct_io;
+  bool readonly;               /* -r */
+  uid_t uid;
+  gid_t gid;
+  struct timespec mount_time;
+  struct fuse_session *se;
+  /* for opening pools in directory mode */
+  const struct nbd_uri *uri;
+  struct nbd_pool_opts pool_opts;
+  struct nbd_loop **loops;
+  int nloops;
+  /* housekeeping thread: opens, idle-close decisions, listing refreshes */
+  pthread_t hk_thread;
+  bool hk_running;
+  pthread_mutex_t hk_lock;     /* also protects the closer fields */
+  pthread_cond_t hk_cond;
+  bool hk_stop;
+  struct hk_job *hk_jobs;
+  uint64_t last_list_ms;
+  /* idle pools being closed on detached closer threads */
+  int closers;
+  pthread_cond_t closers_cond;
+  int close_err;               /* first errno from closing a pool */
+};
+
+int fs_init_table(struct fs *fs);
+/* Add a file (returns it, or NULL on allocation failure). */
+struct fs_file *fs_add_file(struct fs *fs, const char *file_name, const char *export_name);
+/* Single-export mode: the file's pool, open for the whole mount.  Attaches
+ * the extent cache if extents_attach was not called yet; returns 0, or
+ * -ENOMEM when that failed (the file then reports everything as data).
+ * fs_free detaches and frees the pool. */
+int fs_file_set_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p);
+struct fs_file *fs_file_by_ino(struct fs *fs, uint64_t ino);
+struct fs_file *fs_file_by_name(struct fs *fs, const char *name);
+
+/* Directory mode: list the server's exports now (at mount time).  Returns
+ * 0, or a negative errno with a one-line reason in err. */
+int fs_list_exports(struct fs *fs, char *err, size_t errlen);
+
+/* Start the housekeeping thread (after the loops exist). */
+int fs_start(struct fs *fs);
+/* Stop it, wait for idle closes under way and close every pool (orderly:
+ * flush, NBD_CMD_DISC) while the loops still run.  Returns 0, or the first
+ * errno of a pool whose acknowledged writes could not be made durable
+ * (including pools closed earlier for being idle). */
+int fs_shutdown(struct fs *fs);
+/* Free the table and the pools (loops stopped). */
+void fs_free(struct fs *fs);
+
+/* Get the file's pool, opening it if needed; cb runs (maybe at once, maybe
+ * on the housekeeping thread) with err 0 and f->pool usable until the
+ * matching fs_file_release. */
+typedef void (*fs_ready_fn)(void *arg, struct fs_file *f, int err);
+void fs_file_acquire(struct fs *fs, struct fs_file *f, fs_ready_fn cb, void *arg);
+void fs_file_release(struct fs *fs, struct fs_file *f);
+/* Hold the file's pool only if it is open now (NULL otherwise; never
+ * opens).  Release with fs_file_release. */
+struct nbd_pool *fs_file_hold(struct fs_file *f);
+
+/* Refresh the export list (rate-limited); cb runs when done. */
+typedef void (*fs_refreshed_fn)(void *arg);
+void fs_refresh(struct fs *fs, fs_refreshed_fn cb, void *arg);
+
+#endif
