@@ -33,6 +33,11 @@ triggers them; other commands and other READs are served normally):
                          reply: tolerated, the READ succeeds
   duplicate-reply        (structured) the real reply, then an error chunk for the
                          same, now retired, cookie: ignored, the READ succeeds
+  tiny-chunks            (structured) the READ is answered with 1-byte OFFSET_DATA
+                         chunks of the right data: every even offset ascending,
+                         then every odd one, DONE on the last (a 512 KiB READ is
+                         524288 chunks, 15 MB); without structured replies the READ
+                         is served normally
   normal                 no misbehaviour
 
 Export lists (--list MODE; every listed export serves the same disk):
@@ -84,7 +89,7 @@ HANDSHAKE_SCENARIOS = {"unknown-export", "oversized-option-reply", "bad-greeting
                        "handshake-eof", "handshake-stall"}
 TRANSMISSION_SCENARIOS = {"bad-reply-magic", "wrong-cookie", "chunk-out-of-range", "error-chunk",
                           "huge-chunk", "unknown-chunk-type", "close-mid-reply", "stall",
-                          "garbage-after-ack", "stray-chunk", "duplicate-reply", "normal"}
+                          "garbage-after-ack", "stray-chunk", "duplicate-reply", "tiny-chunks", "normal"}
 
 
 HOSTILE_NAMES = [b"", b"disk", b"/", b"..", b".", b"a/b", b"../x", b"\x1b[2Jevil\x07", b"%41", b"default",
@@ -351,6 +356,28 @@ class Conn:
             await self.chunk(cookie, T_BS, ext(BASE_ALLOC_ID, (count, 3)), flags=0)
             await self.chunk(cookie, T_BS, ext(BASE_ALLOC_ID, (count, 0)))
 
+    async def tiny_chunks(self, cookie, off, count, batch=2048):
+        """Answer READ off+count with one 1-byte OFFSET_DATA chunk per byte, the
+        even offsets first, then the odd ones; DONE on the last chunk.  The bytes
+        are the export's, so a client accepting them all would read the right
+        data.  Chunks go out in batches of about 64 KiB, each drained."""
+        if off + count > len(self.disk) or count == 0:
+            return await self.serve(CMD_READ, 0, cookie, off, count, b"")
+        data = bytes(self.disk[off:off + count])
+        hdr = struct.pack(">IHHQI", CHUNK, 0, T_DATA, cookie, 9)
+        last_hdr = struct.pack(">IHHQI", CHUNK, DONE, T_DATA, cookie, 9)
+        tail = struct.Struct(">QB")
+        order = list(range(0, count, 2)) + list(range(1, count, 2))
+        sent = 0
+        for i in range(0, count, batch):
+            part = order[i:i + batch]
+            buf = b"".join([hdr + tail.pack(off + j, data[j]) for j in part])
+            if i + batch >= count:  # the very last chunk carries DONE
+                buf = buf[:-29] + last_hdr + buf[-9:]
+            await self.send(buf)
+            sent += len(buf)
+        self.log("sent %d one-byte chunks (%d bytes), the last at +%d" % (count, sent, order[-1]))
+
     async def misbehave(self, cookie, off, count):
         sc = self.args.scenario
         self.log("READ %d+%d: scenario %s" % (off, count, sc))
@@ -392,6 +419,11 @@ class Conn:
         elif sc == "duplicate-reply":
             await self.serve(CMD_READ, 0, cookie, off, count, b"")
             await self.chunk(cookie, T_ERROR, struct.pack(">IH", EIO, 4) + b"late")
+        elif sc == "tiny-chunks":
+            if sr:
+                await self.tiny_chunks(cookie, off, count)
+            else:  # no chunks without structured replies
+                await self.serve(CMD_READ, 0, cookie, off, count, b"")
         elif sc in ("stall", "garbage-after-ack"):
             if sc == "stall":
                 await self.stall()
