@@ -52,6 +52,8 @@ mount_nbdfs_daemon "$URI" "$T/mnt"
 is_mounted "$T/mnt" || fail "nbdfs returned before the mount was there"
 pid_alive "$NBDFS_PID" || fail "pid file names $NBDFS_PID, which is not running"
 case $(readlink "/proc/$NBDFS_PID/exe") in */nbdfs*) ;; *) fail "pid $NBDFS_PID is $(readlink "/proc/$NBDFS_PID/exe")" ;; esac
+# Extra connections open in the background: count them once all are up.
+wait_until 20 eval '[ $(( $(nconn) - n0 )) -ge 4 ]' || note "fewer than 4 connections: $(( $(nconn) - n0 ))"
 conns=$(( $(nconn) - n0 ))
 [ "$conns" -ge 1 ] || fail "no connection logged"
 
@@ -93,6 +95,7 @@ server_copy "$URI" "$T/server.img"
 before=$(wc -l <"$T/requests.log")
 n0=$(nconn)
 mount_nbdfs "$URI" "$T/mnt"
+wait_until 20 eval '[ $(( $(nconn) - n0 )) -ge 4 ]' || note "fewer than 4 connections: $(( $(nconn) - n0 ))"
 conns=$(( $(nconn) - n0 ))
 rand_file "$T/c" $((MiB + 1))
 exec 7<>"$F"

@@ -52,7 +52,7 @@ SIZE=$((256 * MiB))
 serve_nbdkit mem --filter=rate memory "$SIZE" rate=40M   # ~5 MB/s: I/O is in flight for a while
 mkdir "$T/a"
 F=$T/a/disk
-NBDFS_LOG=$T/nbdfs-a.log mount_nbdfs "$(unix_uri "$SOCK")" "$T/a" -v
+NBDFS_LOG=$T/nbdfs-a.log mount_nbdfs "$(unix_uri "$SOCK")" "$T/a" -v --reconnect-delay 5
 dd if=/dev/urandom of="$F" bs=64k count=2000 conv=notrunc 2>"$T/w.err" &
 wpid=$!
 dd if="$F" of=/dev/null bs=64k skip=2048 count=2000 iflag=direct 2>"$T/r.err" &
@@ -76,16 +76,16 @@ unmount_after_failure "$T/a"
 serve_nbdkit slow --filter=delay memory $((16 * MiB)) delay-read=100
 mkdir "$T/b"
 F=$T/b/disk
-NBDFS_LOG=$T/nbdfs-b.log mount_nbdfs "$(unix_uri "$SOCK")" "$T/b" -v --timeout 3
+NBDFS_LOG=$T/nbdfs-b.log mount_nbdfs "$(unix_uri "$SOCK")" "$T/b" -v --timeout 3 --reconnect-delay 5
 expect_eio "read from a stalled server" dd if="$F" of=/dev/null bs=4k count=1 iflag=direct status=none
-grep -q 'did not answer for 3 seconds' "$T/nbdfs-b.log" || fail "timeout not logged: $(cat "$T/nbdfs-b.log")"
+grep -q 'answered nothing for 3 seconds' "$T/nbdfs-b.log" || fail "timeout not logged: $(cat "$T/nbdfs-b.log")"
 unmount_after_failure "$T/b"
 
 # ---- C: a stopped server during a large write ----
 serve_nbdkit stopped memory $((64 * MiB))
 mkdir "$T/c"
 F=$T/c/disk
-NBDFS_LOG=$T/nbdfs-c.log mount_nbdfs "$(unix_uri "$SOCK")" "$T/c" -v --timeout 3 -C 1
+NBDFS_LOG=$T/nbdfs-c.log mount_nbdfs "$(unix_uri "$SOCK")" "$T/c" -v --timeout 3 -C 1 --reconnect-delay 5
 rand_file "$T/big" $((32 * MiB))
 write_at "$F" 0 "$T/big" oflag=direct || fail "write before stopping the server failed"
 kill -STOP "$SERVER_PID"
