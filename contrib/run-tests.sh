@@ -2,21 +2,29 @@
 # run-tests.sh: everything CI runs, from a fresh Debian 12 machine (as root).
 #
 #   1. install the build and test dependencies (skipped when all present)
-#   2. build build/ (normal) and build-asan/ (ASan + UBSan)
+#   2. build build/ (normal), build-asan/ (ASan + UBSan) and build-tsan/
+#      (ThreadSanitizer; the nbdfs binary only)
 #   3. meson test -C build                       (unit tests)
 #   4. tests/integration/t-*.sh against build/nbdfs
 #   5. the same against build-asan/nbdfs, sanitizers aborting on any error
 #   6. meson test -C build-asan
+#   7. the concurrency and unmount tests ($TSAN_TESTS) against
+#      build-tsan/nbdfs with --threads 2, a data race or lock-order report
+#      failing the test
 #
 # Prints PASS/FAIL per test (with the tail of a failing test's output), and
 # as its last line "N passed, N failed".  Exits non-zero if anything failed.
-# Environment: NBDFS_TESTS="t-foo t-bar" runs only those integration tests;
-# NBDFS_SKIP_ASAN=1 skips steps 5 and 6; NBDFS_SKIP_INSTALL=1 skips step 1.
+# Environment: NBDFS_TESTS="t-foo t-bar" runs only those integration tests
+# (in step 7, only those of them in $TSAN_TESTS); NBDFS_SKIP_ASAN=1 skips
+# steps 5 and 6; NBDFS_SKIP_TSAN=1 skips step 7; NBDFS_SKIP_INSTALL=1 skips
+# step 1.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 TEST_TIMEOUT=300
+# Step 7's subset: tests with many threads, connections and shutdown races.
+TSAN_TESTS="t-multiconn t-lifecycle t-reconnect-drop t-reconnect-stall t-unmount-race t-worker-deadlock"
 RUN_ID=$$
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/nbdfs-run-tests.XXXXXX")
 passed=0
@@ -37,7 +45,7 @@ fail_test() {  # NAME [LOGFILE]
 # ---- 1. dependencies ----
 PACKAGES=(build-essential pkg-config meson ninja-build libfuse3-dev fuse3 libgnutls28-dev
           gnutls-bin nbdkit qemu-utils qemu-system-common nbd-server libnbd-bin fio attr
-          python3 clang libclang-rt-14-dev procps kmod util-linux coreutils)
+          python3 clang libclang-rt-14-dev libtsan2 procps kmod util-linux coreutils)
 
 install_deps() {
   local missing=() p
@@ -73,7 +81,7 @@ if ! flock -n 9; then
 fi
 
 # The value of NBDFS_TEST_RUN_ID in PID's environment, if any.
-run_id_of() { tr '\0' '\n' <"/proc/$1/environ" 2>/dev/null | sed -n 's/^NBDFS_TEST_RUN_ID=//p'; }
+run_id_of() { tr '\0' '\n' 2>/dev/null <"/proc/$1/environ" | sed -n 's/^NBDFS_TEST_RUN_ID=//p'; }
 
 # Processes started by a test (they inherit NBDFS_TEST_RUN_ID), daemons
 # included.  Prints "PID RUN-ID" lines.
@@ -158,6 +166,7 @@ clean_stale() {
 clean_stale
 
 # ---- 2. build ----
+# $BUILD_TARGET, if set, is the one target to compile (default: all).
 build() {  # DIR [MESON-SETUP-OPTIONS...]
   local dir=$1; shift
   local log=$LOGDIR/build-$dir.log
@@ -166,7 +175,7 @@ build() {  # DIR [MESON-SETUP-OPTIONS...]
     fail_test "build:$dir (meson setup)" "$log"
     return 1
   fi
-  if ! meson compile -C "$dir" >>"$log" 2>&1; then
+  if ! meson compile -C "$dir" ${BUILD_TARGET:+"$BUILD_TARGET"} >>"$log" 2>&1; then
     fail_test "build:$dir" "$log"
     return 1
   fi
@@ -174,9 +183,15 @@ build() {  # DIR [MESON-SETUP-OPTIONS...]
 }
 build_ok=0
 asan_ok=0
+tsan_ok=0
 build build && build_ok=1
 if [ "${NBDFS_SKIP_ASAN:-}" != 1 ]; then
   build build-asan -Db_sanitize=address,undefined -Db_lundef=false && asan_ok=1
+fi
+# Only nbdfs itself: the fuzz harnesses add -fsanitize=address, which cannot
+# be combined with thread.
+if [ "${NBDFS_SKIP_TSAN:-}" != 1 ]; then
+  BUILD_TARGET=nbdfs build build-tsan -Db_sanitize=thread -Db_lundef=false && tsan_ok=1
 fi
 
 # ---- unit tests ----
@@ -224,12 +239,21 @@ EOF
 }
 
 # ---- integration tests ----
+# $only_tests, if set, limits a run to those tests (names without .sh);
+# $sanitizer_opts and $tsan_opts, if set, are the ASan/UBSan and TSan
+# options; each sanitizer report (a file $sanlog.PID) fails the test.
 integration_tests() {  # LABEL NBDFS-BINARY [ENV=VALUE...]
   local label=$1 bin=$2; shift 2
   local t name log rc leftovers p id
   local list=()
   if [ -n "${NBDFS_TESTS:-}" ]; then
-    for name in $NBDFS_TESTS; do list+=("tests/integration/${name%.sh}.sh"); done
+    for name in $NBDFS_TESTS; do
+      name=${name%.sh}
+      [ -z "${only_tests:-}" ] || [[ " $only_tests " == *" $name "* ]] || continue
+      list+=("tests/integration/$name.sh")
+    done
+  elif [ -n "${only_tests:-}" ]; then
+    for name in $only_tests; do list+=("tests/integration/$name.sh"); done
   else
     list=(tests/integration/t-*.sh)
   fi
@@ -243,6 +267,7 @@ integration_tests() {  # LABEL NBDFS-BINARY [ENV=VALUE...]
     env NBDFS="$ROOT/$bin" NBDFS_TEST_RUN_ID="$RUN_ID.$label.$name" "$@" \
       ${sanitizer_opts:+ASAN_OPTIONS="$sanitizer_opts:log_path=$sanlog"} \
       ${sanitizer_opts:+UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:abort_on_error=1:log_path=$sanlog"} \
+      ${tsan_opts:+TSAN_OPTIONS="$tsan_opts:log_path=$sanlog"} \
       timeout -k 30 "$TEST_TIMEOUT" bash "$t" </dev/null >"$log" 2>&1 || rc=$?
     echo "$((SECONDS - start)) $label/$name" >>"$LOGDIR/times.txt"
     # Anything the test left running: report and clean up.
@@ -289,6 +314,18 @@ if [ "${NBDFS_SKIP_ASAN:-}" != 1 ]; then
       unit_tests build-asan meson-asan
   else
     fail_test "asan tests (not run: build-asan failed)"
+  fi
+fi
+
+if [ "${NBDFS_SKIP_TSAN:-}" != 1 ]; then
+  if [ "$tsan_ok" = 1 ]; then
+    tsan_opts="halt_on_error=1:abort_on_error=1:second_deadlock_stack=1"
+    only_tests=$TSAN_TESTS
+    integration_tests tsan build-tsan/nbdfs NBDFS_EXTRA_ARGS="--threads 2"
+    only_tests=
+    tsan_opts=
+  else
+    fail_test "tsan tests (not run: build-tsan failed)"
   fi
 fi
 
