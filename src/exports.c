@@ -285,6 +285,22 @@ static void queue_job(struct fs *fs, struct hk_job *j)
   pthread_mutex_unlock(&fs->hk_lock);
 }
 
+/* Take the file's open waiters (f->lock held).  failed: they will get an
+ * error and hold nothing, so they stop counting as users. */
+static struct open_waiter *take_waiters_locked(struct fs_file *f, bool failed)
+{
+  struct open_waiter *w = f->waiters;
+  f->waiters = NULL;
+  f->opening = false;
+  if (failed) {
+    for (struct open_waiter *x = w; x; x = x->next)
+      f->users--;
+    if (f->users == 0)
+      f->idle_since_ms = now_ms();
+  }
+  return w;
+}
+
 static void run_waiters(struct fs_file *f, struct open_waiter *w, int err)
 {
   while (w) {
@@ -316,19 +332,10 @@ static void do_open(struct fs *fs, struct fs_file *f)
   if (r < 0)
     log_error("opening %s", err);
   pthread_mutex_lock(&f->lock);
-  struct open_waiter *w = f->waiters;
-  int n = 0;
-  for (struct open_waiter *x = w; x; x = x->next)
-    n++;
-  f->waiters = NULL;
-  f->opening = false;
+  struct open_waiter *w = take_waiters_locked(f, r < 0);
   if (r == 0) {
     f->pool = p;
     set_info_from_pool(fs, f, p);
-  } else {
-    f->users -= n; /* the waiters get an error and hold nothing */
-    if (f->users == 0)
-      f->idle_since_ms = now_ms();
   }
   pthread_mutex_unlock(&f->lock);
   int e = r == -ENOENT ? ENOENT : r == -EACCES ? EACCES : EIO;
@@ -367,15 +374,7 @@ static void close_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p, boo
       queue_job(fs, j);
     } else {
       pthread_mutex_lock(&f->lock);
-      struct open_waiter *w = f->waiters;
-      int n = 0;
-      for (struct open_waiter *x = w; x; x = x->next)
-        n++;
-      f->waiters = NULL;
-      f->opening = false;
-      f->users -= n;
-      if (f->users == 0)
-        f->idle_since_ms = now_ms();
+      struct open_waiter *w = take_waiters_locked(f, true);
       pthread_mutex_unlock(&f->lock);
       run_waiters(f, w, ENOMEM);
     }
@@ -540,9 +539,7 @@ int fs_shutdown(struct fs *fs)
       j->cb(j->arg);
     else {
       pthread_mutex_lock(&j->f->lock);
-      struct open_waiter *w = j->f->waiters;
-      j->f->waiters = NULL;
-      j->f->opening = false;
+      struct open_waiter *w = take_waiters_locked(j->f, true);
       pthread_mutex_unlock(&j->f->lock);
       run_waiters(j->f, w, EIO);
     }
