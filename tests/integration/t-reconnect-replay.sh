@@ -15,7 +15,17 @@
 #     written data, and then fsync succeeds and the server (nbdcopy) holds
 #     the data; the writer's close succeeds; unmount exits 0;
 #   - or, if the data read back differs, an fsync of the file fails.
+# Run twice: by default the data must come back (replayed); with
+# --replay-limit 0 (nothing kept) the fsync must fail instead.
+if [ -z "${REPLAY_MODE:-}" ]; then
+  REPLAY_MODE=replay bash "$0" || exit 1
+  REPLAY_MODE=off bash "$0" || exit 1
+  exit 0
+fi
 . "$(dirname "$0")/lib.sh"
+EXTRA=()
+[ "$REPLAY_MODE" = off ] && EXTRA=(--replay-limit 0)
+note "mode: $REPLAY_MODE"
 
 MiB=1048576
 SIZE=$((64 * MiB))
@@ -25,7 +35,7 @@ serve_nbdkit mem --filter=log memory "$SIZE" logfile="$T/requests1.log"
 URI=$(unix_uri "$SOCK")
 mkdir "$T/mnt"
 F=$T/mnt/disk
-mount_nbdfs "$URI" "$T/mnt" -v -C 1
+mount_nbdfs "$URI" "$T/mnt" -v -C 1 "${EXTRA[@]}"
 rand_file "$T/data" "$LEN"
 
 # The writer: one O_DIRECT pwrite (from a page-aligned buffer), then it
@@ -78,6 +88,7 @@ fsync_file() {
   timeout 60 python3 -c 'import os,sys; fd=os.open(sys.argv[1],os.O_WRONLY); os.fsync(fd)' "$F" >"$T/fsync.err" 2>&1
 }
 if [ "$rc" = 0 ] && cmp -s "$T/data" "$T/back"; then
+  [ "$REPLAY_MODE" = replay ] || fail "--replay-limit 0 keeps nothing, yet the data came back"
   note "the data read back after the restart is the data written (replayed)"
   [ "$(log_requests Write <"$T/requests2.log" | wc -l)" -gt 0 ] || fail "the restarted server saw no write, yet the data reads back"
   fsync_file || fail "the data was replayed, but fsync then failed: $(tail -n 1 "$T/fsync.err")"
@@ -91,6 +102,7 @@ if [ "$rc" = 0 ] && cmp -s "$T/data" "$T/back"; then
   wait "$wpid" || fail "the writer failed"
   unmount_nbdfs "$T/mnt"
 else
+  [ "$REPLAY_MODE" = off ] || fail "the data was not replayed after the restart (read: status $rc)"
   note "the data is not there after the restart (read: status $rc $(head -c 200 "$T/back.err"))"
   if fsync_file; then
     fail "data lost: the 4 MiB written before the restart do not read back, and fsync succeeded"
