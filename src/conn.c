@@ -390,10 +390,10 @@ void nbd_conn_disconnect(struct nbd_conn *c)
 {
   pthread_mutex_lock(&c->tab_lock);
   bool ready = atomic_load(&c->state) == NBD_CONN_READY;
-  if (ready) {
-    atomic_store(&c->state, NBD_CONN_CLOSING);
+  if (ready) { /* published by the state change: the owner reads them after it */
     c->closing_deadline_ms = conn_now_ms() + CLOSING_MS;
     snprintf(c->why, sizeof c->why, "closed");
+    atomic_store(&c->state, NBD_CONN_CLOSING);
   }
   pthread_mutex_unlock(&c->tab_lock);
   if (ready)
