@@ -134,7 +134,7 @@ void nbd_conn_free(struct nbd_conn *c);
 
 /* Disconnect (orderly), wait briefly for the end and drop the creator's
  * reference: for probes and tests. */
-void nbd_conn_close(struct nbd_conn *c, int drain_s);
+void nbd_conn_close(struct nbd_conn *c);
 
 /* Process replies in the calling thread until the connection ends (for
  * tests and fuzzers over blocking or in-memory transports). */

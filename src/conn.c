@@ -230,8 +230,10 @@ static void handle_loss(struct nbd_conn *c)
     bool settled = c->rx_over || !c->we_closed;
     struct nbd_cmd *cmds;
     unsigned n = table_take_all(c, &cmds);
-    bool orderly = !c->we_closed && c->closing_deadline_ms && n == 0;
-    if (!orderly && !(c->ev == NULL && n == 0 && c->closing_deadline_ms))
+    /* An orderly close ending with nothing in flight is no loss (for an
+     * owner-less connection, even when it had to be cut off). */
+    bool expected = c->closing_deadline_ms && n == 0 && (!c->we_closed || !c->ev);
+    if (!expected)
       log_warn("%s: connection %d lost: %s%s", c->desc, c->index, c->why,
                n ? (c->ev ? "; sending its requests again" : "; failing its requests") : "");
     if (c->ev) {
@@ -426,9 +428,8 @@ void nbd_conn_receive_loop(struct nbd_conn *c)
   handle_loss(c);
 }
 
-void nbd_conn_close(struct nbd_conn *c, int drain_s)
+void nbd_conn_close(struct nbd_conn *c)
 {
-  (void)drain_s;
   if (!c)
     return;
   if (!c->attached) {

@@ -140,7 +140,7 @@ static int probe_export(struct fs *fs, const char *export_name, struct nbd_expor
   }
   struct nbd_conn *c = nbd_conn_new(t, &s, "probe", 0, 0);
   if (c)
-    nbd_conn_close(c, 0); /* sends NBD_CMD_DISC */
+    nbd_conn_close(c); /* sends NBD_CMD_DISC */
   else
     transport_destroy(t);
   nbd_export_info_free(info);

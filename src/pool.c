@@ -867,9 +867,21 @@ static void *connect_main(void *arg)
   pthread_cond_broadcast(&p->cond);
   pthread_mutex_unlock(&p->lock);
   if (c)
-    nbd_conn_close(c, 0);
+    nbd_conn_close(c);
   fail_all(failed);
   return NULL;
+}
+
+/* An absolute CLOCK_REALTIME time ms from now, for condition waits. */
+static void deadline_in(struct timespec *ts, uint64_t ms)
+{
+  clock_gettime(CLOCK_REALTIME, ts);
+  ts->tv_sec += (time_t)(ms / 1000);
+  ts->tv_nsec += (long)(ms % 1000) * 1000000;
+  if (ts->tv_nsec >= 1000000000) {
+    ts->tv_sec++;
+    ts->tv_nsec -= 1000000000;
+  }
 }
 
 /* Refill empty slots, and fail queued requests whose time is up. */
@@ -915,14 +927,7 @@ static void *manager_main(void *arg)
       continue;
     }
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    uint64_t wait = next > now ? next - now : 1;
-    until.tv_sec += (time_t)(wait / 1000);
-    until.tv_nsec += (long)(wait % 1000) * 1000000;
-    if (until.tv_nsec >= 1000000000) {
-      until.tv_sec++;
-      until.tv_nsec -= 1000000000;
-    }
+    deadline_in(&until, next > now ? next - now : 1);
     if (!p->mgr_stop)
       pthread_cond_timedwait(&p->cond, &p->lock, &until);
   }
@@ -976,7 +981,7 @@ int nbd_pool_open(struct nbd_pool **out, const struct nbd_pool_opts *o, char *er
   }
   p->slots = calloc((size_t)want, sizeof *p->slots);
   if (!p->slots) {
-    nbd_conn_close(c, 0);
+    nbd_conn_close(c);
     nbd_pool_free(p);
     snprintf(err, errlen, "out of memory");
     return -ENOMEM;
@@ -1037,17 +1042,6 @@ static void sync_complete(struct nbd_op *op, int err)
   pthread_mutex_unlock(&s->lock);
 }
 
-static void deadline_in(struct timespec *ts, uint64_t ms)
-{
-  clock_gettime(CLOCK_REALTIME, ts);
-  ts->tv_sec += (time_t)(ms / 1000);
-  ts->tv_nsec += (long)(ms % 1000) * 1000000;
-  if (ts->tv_nsec >= 1000000000) {
-    ts->tv_sec++;
-    ts->tv_nsec -= 1000000000;
-  }
-}
-
 /* Cut every connection short (lock held). */
 static void kill_all_locked(struct nbd_pool *p, const char *why)
 {
@@ -1072,7 +1066,7 @@ int nbd_pool_close(struct nbd_pool *p)
   if (!p->attached) { /* never served: just hang up */
     for (int i = 0; i < p->nslots; i++)
       if (p->slots[i].st == SLOT_READY) {
-        nbd_conn_close(p->slots[i].c, 0);
+        nbd_conn_close(p->slots[i].c);
         p->slots[i].st = SLOT_EMPTY;
         p->slots[i].c = NULL;
       }

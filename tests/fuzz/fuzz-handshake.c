@@ -138,6 +138,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   nbd_conn_receive_loop(c);
   if (calls[0] != 1 || calls[1] != 1)
     abort();
-  nbd_conn_close(c, 0);
+  nbd_conn_close(c);
   return 0;
 }

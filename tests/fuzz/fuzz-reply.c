@@ -113,6 +113,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
   if (!nbd_conn_dead(c) || nbd_conn_inflight(c) != 0)
     abort();
-  nbd_conn_close(c, 0);
+  nbd_conn_close(c);
   return 0;
 }

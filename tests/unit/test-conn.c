@@ -98,7 +98,7 @@ static void run(bool structured, const struct bytes *stream)
     printf("# BAD: submit after the loop returned %d, done called %d times\n", r, late.calls);
   CHECK(r == -EIO && late.calls == 0, "  submit on a dead connection: -EIO and no completion");
   cur_conn = NULL;
-  nbd_conn_close(c, 0);
+  nbd_conn_close(c);
 }
 
 /* Every command completed exactly once; nothing left in flight. */
