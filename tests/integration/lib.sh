@@ -438,6 +438,18 @@ _fio_ended() {
   fail "fio ended $2 with status $rc: $(grep -Ei 'error|err=|verify' "$T/fio.out" | head -n 5)"
 }
 
+# check_reconnected_after_drops: after fio_drop_reset through a proxy of 4
+# connections, nbdfs logged the loss and the reconnection, and the proxy
+# sees 4 live connections again (at least 2 of them replacements).
+check_reconnected_after_drops() {
+  grep -qi 'lost' "$T/nbdfs.log" || fail "no 'lost' line in the log: $(cat "$T/nbdfs.log")"
+  note "$(grep -i -m1 'lost' "$T/nbdfs.log")"
+  grep -qi 'reconnected' "$T/nbdfs.log" || fail "no 'reconnected' line in the log: $(cat "$T/nbdfs.log")"
+  note "$(grep -i -m1 'reconnected' "$T/nbdfs.log")"
+  wait_until 15 eval '[ "$(proxy_live)" = 4 ]' || fail "not 4 live connections again: $(proxy count): $(proxy list)"
+  [ "$(proxy_total)" -ge 6 ] || fail "the proxy accepted $(proxy_total) connections, expected at least 6 (4 + 2 replacements)"
+}
+
 # fio_drop_reset FILE BYTES: under the proxy of start_proxy, with the nbdfs
 # mount of FILE connected through it (4 connections, proxy ids 1-4), run
 #   fio --rw=randwrite --bs=64k --iodepth=16 --direct=1 --verify=crc32c
