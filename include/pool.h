@@ -32,6 +32,11 @@ struct nbd_pool_opts {
   uint64_t replay_limit; /* flush early once this many acknowledged bytes are unflushed */
   enum tls_mode tls_mode;
   struct tls_creds *tls;
+  /* Told when a connection is lost (why: the reason) or comes back
+   * ("reconnected"), with the connections ready now; any thread, no locks
+   * held.  NULL: nobody asks. */
+  void (*state_fn)(void *arg, const char *desc, int ready, int total, const char *why);
+  void *state_arg;
 };
 
 struct nbd_pool;
@@ -79,6 +84,10 @@ int nbd_pool_attach(struct nbd_pool *p, struct nbd_loop **loops, int nloops);
  * on every connection and wait for them to close.  Returns 0, or an errno
  * when acknowledged writes could not be made durable. */
 int nbd_pool_close(struct nbd_pool *p);
+/* The server is gone for good (a server process nbdfs started has exited):
+ * stop connecting, and fail requests with EIO as soon as no connection is
+ * left, instead of waiting --reconnect-delay for one. */
+void nbd_pool_server_gone(struct nbd_pool *p);
 /* Free (after nbd_pool_close, or when never attached). */
 void nbd_pool_free(struct nbd_pool *p);
 

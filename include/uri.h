@@ -5,7 +5,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-enum nbd_transport_kind { NBD_TRANSPORT_TCP, NBD_TRANSPORT_UNIX, NBD_TRANSPORT_VSOCK };
+enum nbd_transport_kind {
+  NBD_TRANSPORT_TCP, NBD_TRANSPORT_UNIX, NBD_TRANSPORT_VSOCK,
+  NBD_TRANSPORT_FD, /* an already-connected socket (--fd, --command): usable once */
+};
 
 struct nbd_uri {
   enum nbd_transport_kind transport;
@@ -23,6 +26,8 @@ struct nbd_uri {
   char *tls_hostname;
   int tls_verify_peer;    /* -1 unset, 0, 1 */
   char *tls_type;
+  int fd;                 /* NBD_TRANSPORT_FD: the socket */
+  char *label;            /* shown in place of the address (a server nbdfs started), or NULL */
 };
 
 /* Parse uri into *u.  On error returns -1 and writes a one-line reason to
@@ -34,10 +39,24 @@ void nbd_uri_free(struct nbd_uri *u);
  * or an embedded NUL (unless allow_nul).  *outlen gets the decoded length. */
 char *nbd_uri_decode(const char *src, size_t len, bool allow_nul, size_t *outlen);
 
+/* A server reached through the connected socket fd, which the connection
+ * will own (it cannot be reconnected).  label describes it in messages. */
+int nbd_uri_from_fd(struct nbd_uri *u, int fd, const char *label, const char *export_name);
+
+/* A server listening on the Unix socket path (which nbdfs made), shown as
+ * label in messages. */
+int nbd_uri_from_socket(struct nbd_uri *u, const char *path, const char *label,
+                        const char *export_name);
+
+/* Make a relative Unix socket path absolute (against the current directory),
+ * so that later connections do not depend on it.  -1 with a reason in err. */
+int nbd_uri_make_absolute(struct nbd_uri *u, char *err, size_t errlen);
+
 /* Write a URI for display (TCP/vsock host:port or unix socket plus export). */
 void nbd_uri_describe(const struct nbd_uri *u, char *out, size_t outlen);
 
-/* Write the URI of export_name on the same server (as users would type it). */
+/* Write the URI of export_name on the same server (as users would type it);
+ * "" for a server reached through a socket given as a file descriptor. */
 void nbd_uri_format(const struct nbd_uri *u, const char *export_name, char *out, size_t outlen);
 
 #endif

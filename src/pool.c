@@ -78,6 +78,7 @@ struct nbd_pool {
   int nloops;
   bool attached;
   bool leaked;                /* close could not end every connection */
+  bool server_gone;           /* the server will not come back: no more connecting */
   atomic_bool slow;           /* requests must go through the queue */
   atomic_bool draining;       /* closing: the last completion wakes nbd_pool_close */
   struct preq *qhead, **qtail;
@@ -166,6 +167,13 @@ int nbd_pool_connections(const struct nbd_pool *p, int *ready)
   return n;
 }
 
+/* Tell the owner how many connections are up (outside the pool's lock). */
+static void report_state(struct nbd_pool *p, int ready, const char *why)
+{
+  if (p->o.state_fn)
+    p->o.state_fn(p->o.state_arg, p->desc, ready, p->nslots, why);
+}
+
 static void observe(struct nbd_pool *p, uint64_t off, uint64_t len)
 {
   if (p->obs)
@@ -236,7 +244,7 @@ static bool may_wait(struct nbd_pool *p, uint64_t first_ms, uint64_t now)
 {
   if (p->state == POOL_CLOSED)
     return false;
-  if (p->o.no_reconnect && p->nready == 0)
+  if ((p->o.no_reconnect || p->server_gone) && p->nready == 0)
     return false;
   uint64_t delay = (uint64_t)p->o.reconnect_delay_s * 1000;
   if (p->down_since_ms && now - p->down_since_ms >= delay)
@@ -622,11 +630,13 @@ static void on_lost(void *owner, struct nbd_conn *c, struct nbd_cmd *cmds, unsig
   struct nbd_pool *p = owner;
   struct preq *failed = NULL;
   uint64_t now = now_ms();
+  int was_ready = -1; /* the count to report, when c was a ready connection */
   pthread_mutex_lock(&p->lock);
   for (int i = 0; i < p->nslots; i++) {
     struct pool_slot *sl = &p->slots[i];
     if (sl->st != SLOT_READY || sl->c != c)
       continue;
+    was_ready = p->nready - 1;
     sl->st = SLOT_EMPTY;
     sl->c = NULL;
     sl->lost_ms = now;
@@ -693,10 +703,13 @@ static void on_lost(void *owner, struct nbd_conn *c, struct nbd_cmd *cmds, unsig
       enqueue(p, q, true);
     }
   }
+  bool closing = p->state == POOL_CLOSED;
   pump_locked(p, &failed);
   pthread_cond_broadcast(&p->cond);
   pthread_mutex_unlock(&p->lock);
   fail_all(failed);
+  if (was_ready >= 0 && !closing)
+    report_state(p, was_ready, why);
 }
 
 static void on_dead(void *owner, struct nbd_conn *c)
@@ -829,6 +842,7 @@ static void *connect_main(void *arg)
     nbd_session_free(&s);
   }
   struct preq *failed = NULL;
+  int now_ready = -1;
   pthread_mutex_lock(&p->lock);
   struct pool_slot *sl = &p->slots[i];
   uint64_t now = now_ms();
@@ -840,11 +854,13 @@ static void *connect_main(void *arg)
       sl->failures = 0;
       p->nready++;
       p->down_since_ms = 0;
-      if (sl->ever)
+      if (sl->ever) {
         log_warn("%s: connection %d reconnected after %.1f s", p->desc, i,
                  (double)(now - sl->lost_ms) / 1000);
-      else
+        now_ready = p->nready;
+      } else {
         log_info("%s: connection %d ready", p->desc, i);
+      }
       sl->ever = true;
       c = NULL;
     } else {
@@ -859,7 +875,8 @@ static void *connect_main(void *arg)
     sl->st = SLOT_EMPTY;
     sl->failures++;
     sl->next_try_ms = now + (same ? backoff_ms(sl->failures) : REFUSED_RETRY_MS);
-    if (r < 0 && p->state != POOL_CLOSED && (sl->failures == 1 || sl->failures % 20 == 0))
+    if (r < 0 && p->state != POOL_CLOSED && !p->server_gone &&
+        (sl->failures == 1 || sl->failures % 20 == 0))
       log_warn("%s: connection %d: %s (attempt %u; retrying)", p->desc, i, err, sl->failures);
   }
   pump_locked(p, &failed);
@@ -869,6 +886,8 @@ static void *connect_main(void *arg)
   if (c)
     nbd_conn_close(c);
   fail_all(failed);
+  if (now_ready >= 0)
+    report_state(p, now_ready, "reconnected");
   return NULL;
 }
 
@@ -893,7 +912,7 @@ static void *manager_main(void *arg)
     uint64_t now = now_ms(), next = now + (p->nqueued ? 100 : 1000);
     for (int i = 0; i < p->nslots && p->state != POOL_CLOSED; i++) {
       struct pool_slot *sl = &p->slots[i];
-      if (sl->st != SLOT_EMPTY || (p->o.no_reconnect && sl->ever))
+      if (sl->st != SLOT_EMPTY || (p->o.no_reconnect && sl->ever) || p->server_gone)
         continue;
       if (sl->next_try_ms > now) {
         if (sl->next_try_ms < next)
@@ -1059,6 +1078,18 @@ static bool busy_locked(struct nbd_pool *p)
   bool hopeless = p->nready == 0 && !may_wait(p, now_ms(), now_ms());
   return atomic_load(&p->inflight) || p->nqueued || p->replaying ||
          (p->replay_needed && !hopeless);
+}
+
+void nbd_pool_server_gone(struct nbd_pool *p)
+{
+  struct preq *failed = NULL;
+  pthread_mutex_lock(&p->lock);
+  p->server_gone = true;
+  p->o.no_reconnect = true; /* requests on connections lost from now on fail */
+  pump_locked(p, &failed);
+  pthread_cond_broadcast(&p->cond);
+  pthread_mutex_unlock(&p->lock);
+  fail_all(failed);
 }
 
 int nbd_pool_close(struct nbd_pool *p)

@@ -176,6 +176,12 @@ struct transport *transport_connect(const struct nbd_uri *u, int timeout_s,
   switch (u->transport) {
   case NBD_TRANSPORT_TCP: fd = connect_tcp(u, timeout_s, err, errlen); break;
   case NBD_TRANSPORT_UNIX: fd = connect_unix(u, timeout_s, err, errlen); break;
+  case NBD_TRANSPORT_FD:
+    /* A copy, so that the URI's socket outlives a failed handshake's. */
+    fd = fcntl(u->fd, F_DUPFD_CLOEXEC, 3);
+    if (fd < 0)
+      snprintf(err, errlen, "%s: %s", u->label ? u->label : "the server's socket", strerror(errno));
+    break;
   default: fd = connect_vsock(u, timeout_s, err, errlen); break;
   }
   if (fd < 0)

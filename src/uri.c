@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -63,6 +64,8 @@ char *nbd_uri_decode(const char *src, size_t len, bool allow_nul, size_t *outlen
 
 void nbd_uri_free(struct nbd_uri *u)
 {
+  if (u->transport == NBD_TRANSPORT_FD && u->fd >= 0)
+    close(u->fd);
   free(u->host);
   free(u->port);
   free(u->socket);
@@ -72,7 +75,9 @@ void nbd_uri_free(struct nbd_uri *u)
   free(u->tls_psk_file);
   free(u->tls_hostname);
   free(u->tls_type);
+  free(u->label);
   memset(u, 0, sizeof *u);
+  u->fd = -1;
 }
 
 /* Store a decoded query value into *slot (last one wins). */
@@ -160,6 +165,7 @@ int nbd_uri_parse(const char *uri, struct nbd_uri *u, char *err, size_t errlen)
 {
   memset(u, 0, sizeof *u);
   u->tls_verify_peer = -1;
+  u->fd = -1;
 
   const char *sep = strstr(uri, "://");
   if (!sep)
@@ -268,9 +274,61 @@ bad_encoding:
   return fail(err, errlen, "bad percent-encoding in URI '%s'", uri);
 }
 
+int nbd_uri_from_fd(struct nbd_uri *u, int fd, const char *label, const char *export_name)
+{
+  memset(u, 0, sizeof *u);
+  u->transport = NBD_TRANSPORT_FD;
+  u->fd = fd;
+  u->export_name = strdup(export_name ? export_name : "");
+  u->has_export = export_name != NULL;
+  u->tls_verify_peer = -1;
+  u->label = label ? strdup(label) : NULL;
+  if (!u->export_name || (label && !u->label)) {
+    nbd_uri_free(u);
+    return -1;
+  }
+  return 0;
+}
+
+int nbd_uri_from_socket(struct nbd_uri *u, const char *path, const char *label,
+                        const char *export_name)
+{
+  if (nbd_uri_from_fd(u, -1, label, export_name) < 0)
+    return -1;
+  u->transport = NBD_TRANSPORT_UNIX;
+  u->socket = strdup(path);
+  if (!u->socket) {
+    nbd_uri_free(u);
+    return -1;
+  }
+  u->socket_len = strlen(path);
+  return 0;
+}
+
+int nbd_uri_make_absolute(struct nbd_uri *u, char *err, size_t errlen)
+{
+  if (u->transport != NBD_TRANSPORT_UNIX || u->socket[0] == '/' || u->socket[0] == '\0')
+    return 0;
+  char *cwd = getcwd(NULL, 0);
+  char *abs = NULL;
+  if (!cwd || asprintf(&abs, "%s/%s", cwd, u->socket) < 0) {
+    free(cwd);
+    return fail(err, errlen, "cannot resolve the relative socket path '%s'", u->socket);
+  }
+  free(cwd);
+  free(u->socket);
+  u->socket = abs;
+  u->socket_len = strlen(abs);
+  return 0;
+}
+
 void nbd_uri_describe(const struct nbd_uri *u, char *out, size_t outlen)
 {
   const char *s = u->tls ? "s" : "";
+  if (u->label) {
+    snprintf(out, outlen, "%s", u->label);
+    return;
+  }
   switch (u->transport) {
   case NBD_TRANSPORT_TCP:
     if (strchr(u->host, ':'))
@@ -284,6 +342,9 @@ void nbd_uri_describe(const struct nbd_uri *u, char *out, size_t outlen)
     break;
   case NBD_TRANSPORT_VSOCK:
     snprintf(out, outlen, "nbd%s+vsock://%s:%s", s, u->host, u->port);
+    break;
+  case NBD_TRANSPORT_FD:
+    snprintf(out, outlen, "the socket on fd %d", u->fd);
     break;
   }
 }
@@ -308,6 +369,11 @@ static void encode(char *out, size_t outlen, const char *s, const char *keep)
 void nbd_uri_format(const struct nbd_uri *u, const char *export_name, char *out, size_t outlen)
 {
   static const char *const suffix[] = { "", "+unix", "+vsock" };
+  if (u->transport == NBD_TRANSPORT_FD) {
+    if (outlen)
+      out[0] = '\0';
+    return;
+  }
   char name[3 * 4096 + 1], user[3 * 256 + 2] = "", host[3 * 256 + 16] = "";
   encode(name, sizeof name, export_name, "/!$'()*,;:@&=+");
   if (u->user) {
