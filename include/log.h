@@ -1,18 +1,31 @@
-/* log.h: one-line diagnostics to stderr (foreground) or syslog (daemon). */
+/* log.h: one-line diagnostics to stderr (foreground), a log file
+ * (--log-file) or syslog (detached without --log-file). */
 #ifndef NBDFS_LOG_H
 #define NBDFS_LOG_H
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 extern int nbd_verbose;
 
-/* Switch to syslog once the process has detached from its terminal. */
+/* Switch to syslog once the process has detached from its terminal
+ * (ident "nbdfs", LOG_PID, LOG_DAEMON).  A log file, once set, wins. */
 void log_use_syslog(void);
 
+/* Append every later line to PATH (created 0640, opened O_APPEND and
+ * close-on-exec) as "2026-11-28T04:40:00.123Z nbdfs[PID]: message", each
+ * with one write(2), so threads' lines never interleave.  Call it once,
+ * while a failure can still be shown to the user; PATH may be relative to
+ * the current directory.  Returns 0, or -1 with a message in ERR. */
+int log_use_file(const char *path, char *err, size_t errlen);
+
 void log_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Always shown, as LOG_NOTICE (e.g. what a server nbdfs started writes to
+ * its stderr). */
+void log_notice(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void log_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -1,5 +1,7 @@
-/* test-log.c: rate-limited failure messages (src/log.c). */
+/* test-log.c: rate-limited failure messages, log_notice and the log file
+ * (src/log.c). */
 #include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -208,10 +210,123 @@ static void test_threads(void)
   free(out);
 }
 
+/* ---- log_notice: always shown ---- */
+
+static void test_notice(void)
+{
+  int saved = nbd_verbose;
+  nbd_verbose = 0;
+  cap_start();
+  log_notice("server: %s", "listening");
+  log_info("hidden");
+  char *out = cap_end();
+  CHECK_STR(out, "nbdfs: server: listening\n", "log_notice is shown at verbosity 0, log_info is not");
+  free(out);
+  nbd_verbose = saved;
+}
+
+/* ---- the log file (last: once set, it takes every line) ---- */
+
+/* "2026-11-28T04:40:00.123Z nbdfs[PID]: " at the start of LINE: returns
+ * the message after it, or NULL. */
+static const char *after_stamp(const char *line, long pid)
+{
+  int Y, M, D, h, m, s, ms, end = 0;
+  long p;
+  if (sscanf(line, "%4d-%2d-%2dT%2d:%2d:%2d.%3dZ nbdfs[%ld]: %n", &Y, &M, &D, &h, &m, &s, &ms, &p,
+             &end) != 8 || !end)
+    return NULL;
+  /* The fixed widths: digits where digits belong. */
+  if (strlen(line) < 24 || line[4] != '-' || line[10] != 'T' || line[19] != '.' || line[23] != 'Z')
+    return NULL;
+  if (Y < 2024 || M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || m > 59 || s > 60 || ms > 999 ||
+      p != pid)
+    return NULL;
+  return line + end;
+}
+
+static void *file_hammer(void *arg)
+{
+  int id = (int)(intptr_t)arg;
+  for (int i = 0; i < 500; i++)
+    log_error("thread %d line %d %s", id, i, "padding padding padding padding padding padding");
+  return NULL;
+}
+
+static void test_file(void)
+{
+  char dir[] = "/tmp/test-log.XXXXXX", path[64], err[256] = "";
+  if (!mkdtemp(dir))
+    abort();
+  snprintf(path, sizeof path, "%s/no/such/dir/log", dir);
+  CHECK(log_use_file(path, err, sizeof err) < 0, "a log file in a missing directory: refused");
+  CHECK(strstr(err, path) && strstr(err, "No such file"), "the error names the file and why: %s", err);
+
+  snprintf(path, sizeof path, "%s/nbdfs.log", dir);
+  mode_t mask = umask(027);
+  umask(mask);
+  err[0] = 0;
+  CHECK_EQ(log_use_file(path, err, sizeof err), 0, "log_use_file: %s", err[0] ? err : "ok");
+  struct stat st;
+  CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == (0640 & ~mask), "created with mode 0640 (less umask)");
+  log_error("first %d", 1);
+  /* Opening it again appends (and replaces the first descriptor). */
+  err[0] = 0;
+  CHECK_EQ(log_use_file(path, err, sizeof err), 0, "log_use_file again: %s", err[0] ? err : "ok");
+  log_use_syslog(); /* the file wins */
+  cap_start();
+  log_notice("second");
+  log_info("not shown at verbosity 0");
+  log_warn("long %s", "");
+  char big[3000];
+  memset(big, 'y', sizeof big - 1);
+  big[sizeof big - 1] = 0;
+  log_error("%s", big);
+  char *out = cap_end();
+  CHECK_EQ(strlen(out), 0, "nothing on stderr once a log file is set");
+  free(out);
+
+  pthread_t th[THREADS];
+  for (int i = 0; i < THREADS; i++)
+    pthread_create(&th[i], NULL, file_hammer, (void *)(intptr_t)i);
+  for (int i = 0; i < THREADS; i++)
+    pthread_join(th[i], NULL);
+
+  FILE *f = fopen(path, "r");
+  char line[4096];
+  const char *msg;
+  long pid = (long)getpid();
+  bool ok = fgets(line, sizeof line, f) && (msg = after_stamp(line, pid)) && !strcmp(msg, "first 1\n");
+  CHECK(ok, "ISO UTC time with ms, nbdfs[pid], message; kept when opened again");
+  printf("#   %s", line);
+  CHECK(fgets(line, sizeof line, f) && (msg = after_stamp(line, pid)) && !strcmp(msg, "second\n"),
+        "log_notice goes to the file");
+  CHECK(fgets(line, sizeof line, f) && (msg = after_stamp(line, pid)) && !strcmp(msg, "long \n"),
+        "log_info below the verbosity is left out");
+  ok = fgets(line, sizeof line, f) && (msg = after_stamp(line, pid)) && msg[0] == 'y' &&
+       line[strlen(line) - 1] == '\n' && strlen(line) < 1300;
+  CHECK(ok, "an over-long message is cut, still one line (%zu bytes)", strlen(line));
+  int whole = 0, bad = 0;
+  while (fgets(line, sizeof line, f)) {
+    int id, i;
+    msg = after_stamp(line, pid);
+    if (msg && sscanf(msg, "thread %d line %d padding", &id, &i) == 2 && line[strlen(line) - 1] == '\n')
+      whole++;
+    else
+      bad++;
+  }
+  CHECK(whole == THREADS * 500 && bad == 0, "%d threads: %d whole lines, %d mangled", THREADS, whole, bad);
+  fclose(f);
+  unlink(path);
+  rmdir(dir);
+}
+
 int main(void)
 {
   test_burst();
   test_registry();
   test_threads();
+  test_notice();
+  test_file();
   return done_testing();
 }
