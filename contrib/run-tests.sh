@@ -24,9 +24,12 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 TEST_TIMEOUT=300
 # Step 7's subset: tests with many threads, connections and shutdown races.
-TSAN_TESTS="t-multiconn t-lifecycle t-reconnect-drop t-reconnect-stall t-reconnect-tls t-unmount-race t-worker-deadlock"
+TSAN_TESTS="t-multiconn t-lifecycle t-reconnect-drop t-reconnect-stall t-reconnect-tls t-unmount-race t-worker-deadlock t-server-cmd t-notify"
 RUN_ID=$$
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/nbdfs-run-tests.XXXXXX")
+# Sanitizer reports, also from an nbdfs the test user runs: it may create
+# files there (sticky; not list them), and pass through $LOGDIR.
+mkdir -m 1733 "$LOGDIR/sanitizer" && chmod 0711 "$LOGDIR"
 passed=0
 failed=0
 failures=()
@@ -45,7 +48,8 @@ fail_test() {  # NAME [LOGFILE]
 # ---- 1. dependencies ----
 PACKAGES=(build-essential pkg-config meson ninja-build libfuse3-dev fuse3 libgnutls28-dev
           gnutls-bin nbdkit qemu-utils qemu-system-common nbd-server libnbd-bin fio attr
-          python3 clang libclang-rt-14-dev libtsan2 procps kmod util-linux coreutils)
+          python3 clang libclang-rt-14-dev libtsan2 procps kmod util-linux coreutils passwd
+          man-db groff-base systemd)
 
 install_deps() {
   local missing=() p
@@ -72,6 +76,13 @@ modprobe fuse 2>/dev/null || true
 if [ ! -c /dev/fuse ]; then
   mknod -m 666 /dev/fuse c 10 229 2>/dev/null || true
 fi
+# Some tests mount as an unprivileged user (tests/integration/lib.sh:
+# as_user).  Distributions ship /dev/fuse 0666; containers may not.
+if ! id nbdfs-test >/dev/null 2>&1; then
+  useradd --system --no-create-home --shell /usr/sbin/nologin nbdfs-test ||
+    say "WARN: cannot create the user nbdfs-test: the tests that run as a user will fail"
+fi
+chmod 0666 /dev/fuse 2>/dev/null || true
 
 # ---- one run at a time; stale state from a crashed run ----
 exec 9>"${TMPDIR:-/tmp}/nbdfs-run-tests.lock"
@@ -261,7 +272,7 @@ integration_tests() {  # LABEL NBDFS-BINARY [ENV=VALUE...]
     [ -f "$t" ] || { fail_test "$label/$(basename "$t") (no such test)"; continue; }
     name=$(basename "$t" .sh)
     log=$LOGDIR/$label-$name.log
-    local sanlog=$LOGDIR/sanitizer-$label-$name
+    local sanlog=$LOGDIR/sanitizer/$label-$name
     rc=0
     local start=$SECONDS
     env NBDFS="$ROOT/$bin" NBDFS_TEST_RUN_ID="$RUN_ID.$label.$name" "$@" \

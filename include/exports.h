@@ -9,6 +9,7 @@
 #define NBDFS_EXPORTS_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -24,6 +25,18 @@ struct fuse_session;
 struct nbd_loop;
 struct open_waiter;
 struct hk_job;
+
+/* Owner and permission bits changed by chmod/chown, kept for the mount's
+ * lifetime only.  Until the first change (set false) the mount's defaults
+ * apply: fs->uid, fs->gid, and 0666 (a file) or 0777 (the directory)
+ * without fs->umask. */
+struct fs_perm {
+  bool set;
+  mode_t mode;                 /* the 07777 bits */
+  uid_t uid;
+  gid_t gid;
+  struct timespec ctime;       /* of the last change */
+};
 
 /* One export, shown as one file.  Never freed while mounted, so inode
  * numbers stay valid; an export that vanishes from the server is marked
@@ -44,6 +57,7 @@ struct fs_file {
   bool opening;
   bool closing;                /* an idle pool with unflushed writes is being closed */
   struct open_waiter *waiters; /* acquirers waiting for the pool */
+  struct fs_perm perm;         /* chmod/chown (a read-only file shows no write bits) */
 };
 
 enum fs_mode { FS_SINGLE, FS_NAKED, FS_EXPORTS };
@@ -55,8 +69,11 @@ struct fs {
   int nfiles, cap;
   bool direct_io;
   bool readonly;               /* -r */
-  uid_t uid;
+  uid_t uid;                   /* owner of the files (-o uid=, default: the mounting user) */
   gid_t gid;
+  mode_t umask;                /* -o umask= (default 022) */
+  pthread_mutex_t dir_lock;    /* protects dir_perm */
+  struct fs_perm dir_perm;     /* the root directory (directory and single modes) */
   struct timespec mount_time;
   struct fuse_session *se;
   /* for opening pools in directory mode */
@@ -76,6 +93,7 @@ struct fs {
   int closers;
   pthread_cond_t closers_cond;
   int close_err;               /* first errno from closing a pool */
+  atomic_bool server_gone;     /* the server nbdfs started has exited: no new connections */
 };
 
 int fs_init_table(struct fs *fs);
@@ -112,6 +130,10 @@ void fs_file_release(struct fs *fs, struct fs_file *f);
 /* Hold the file's pool only if it is open now (NULL otherwise; never
  * opens).  Release with fs_file_release. */
 struct nbd_pool *fs_file_hold(struct fs_file *f);
+
+/* The server will never answer again (the process nbdfs started exited):
+ * open pools stop reconnecting and fail requests at once; opening fails. */
+void fs_server_gone(struct fs *fs);
 
 /* Refresh the export list (rate-limited); cb runs when done. */
 typedef void (*fs_refreshed_fn)(void *arg);

@@ -50,6 +50,7 @@ int fs_init_table(struct fs *fs)
 {
   pthread_rwlock_init(&fs->files_lock, NULL);
   pthread_mutex_init(&fs->hk_lock, NULL);
+  pthread_mutex_init(&fs->dir_lock, NULL);
   pthread_cond_init(&fs->hk_cond, NULL);
   pthread_cond_init(&fs->closers_cond, NULL);
   return 0;
@@ -180,10 +181,34 @@ int fs_file_set_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p)
   return r;
 }
 
+void fs_server_gone(struct fs *fs)
+{
+  atomic_store(&fs->server_gone, true);
+  /* A copy: the table may grow meanwhile, but files are never freed while mounted. */
+  pthread_rwlock_rdlock(&fs->files_lock);
+  int n = fs->nfiles;
+  struct fs_file **files = malloc((size_t)(n ? n : 1) * sizeof *files);
+  if (files)
+    memcpy(files, fs->files, (size_t)n * sizeof *files);
+  pthread_rwlock_unlock(&fs->files_lock);
+  for (int i = 0; files && i < n; i++) {
+    struct nbd_pool *p = fs_file_hold(files[i]);
+    if (p) {
+      nbd_pool_server_gone(p);
+      fs_file_release(fs, files[i]);
+    }
+  }
+  free(files);
+}
+
 int fs_list_exports(struct fs *fs, char *err, size_t errlen)
 {
   char why[512], where[256];
   nbd_uri_describe(fs->uri, where, sizeof where);
+  if (atomic_load(&fs->server_gone)) {
+    snprintf(err, errlen, "%s has exited", where);
+    return -EIO;
+  }
   struct transport *t = transport_connect(fs->uri, fs->pool_opts.connect_timeout_s, why, sizeof why);
   if (!t) {
     snprintf(err, errlen, "%s", why);
@@ -317,7 +342,15 @@ static void do_open(struct fs *fs, struct fs_file *f)
   o.export_name = f->export_name;
   char err[768];
   struct nbd_pool *p = NULL;
-  int r = nbd_pool_open(&p, &o, err, sizeof err);
+  int r;
+  if (atomic_load(&fs->server_gone)) {
+    char where[256];
+    nbd_uri_describe(fs->uri, where, sizeof where);
+    snprintf(err, sizeof err, "%s: the server has exited", where);
+    r = -EIO;
+  } else {
+    r = nbd_pool_open(&p, &o, err, sizeof err);
+  }
   /* The cache observes the pool's writes from the first one on; without
    * it (no memory) the file only reports everything as data. */
   if (r == 0 && extents_attach(p) < 0)
@@ -579,6 +612,7 @@ void fs_free(struct fs *fs)
   fs->nfiles = 0;
   pthread_rwlock_destroy(&fs->files_lock);
   pthread_mutex_destroy(&fs->hk_lock);
+  pthread_mutex_destroy(&fs->dir_lock);
   pthread_cond_destroy(&fs->hk_cond);
   pthread_cond_destroy(&fs->closers_cond);
 }

@@ -94,9 +94,45 @@ static struct log_limit lseek_fail = LOG_LIMIT_INIT;
 static void fill_times(struct fs *fs, struct stat *st)
 {
   st->st_atim = st->st_mtim = st->st_ctim = fs->mount_time;
-  st->st_uid = fs->uid;
-  st->st_gid = fs->gid;
 }
+
+/* Owner, permission bits and ctime from p, else the mount's defaults:
+ * dflt (0666 or 0777) without the umask.  p's lock held. */
+static void perm_fill(const struct fs *fs, const struct fs_perm *p, mode_t dflt, struct stat *st)
+{
+  if (p->set) {
+    st->st_mode |= p->mode;
+    st->st_uid = p->uid;
+    st->st_gid = p->gid;
+    st->st_ctim = p->ctime;
+  } else {
+    st->st_mode |= dflt & ~fs->umask & 0777;
+    st->st_uid = fs->uid;
+    st->st_gid = fs->gid;
+  }
+}
+
+/* chmod/chown/chgrp.  The kernel (default_permissions) has already checked
+ * that the caller may, so this only records it.  p's lock held. */
+static void perm_apply(const struct fs *fs, struct fs_perm *p, mode_t dflt,
+                       const struct stat *attr, int to_set)
+{
+  if (!p->set) {
+    p->mode = dflt & ~fs->umask & 0777;
+    p->uid = fs->uid;
+    p->gid = fs->gid;
+    p->set = true;
+  }
+  if (to_set & FUSE_SET_ATTR_MODE)
+    p->mode = attr->st_mode & 07777;
+  if (to_set & FUSE_SET_ATTR_UID)
+    p->uid = attr->st_uid;
+  if (to_set & FUSE_SET_ATTR_GID)
+    p->gid = attr->st_gid;
+  clock_gettime(CLOCK_REALTIME, &p->ctime);
+}
+
+#define PERM_SET_ATTRS (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)
 
 /* Fill st; returns how long the kernel may keep it.  st_blocks is what
  * block status last reported (pool held), however old, so that stat never
@@ -106,10 +142,14 @@ static void fill_times(struct fs *fs, struct stat *st)
 static double file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held, struct stat *st)
 {
   memset(st, 0, sizeof *st);
+  fill_times(fs, st);
   pthread_mutex_lock(&f->lock);
   uint64_t size = f->info.size;
   st->st_blksize = (blksize_t)(f->info.pref_block ? f->info.pref_block : 4096);
-  st->st_mode = S_IFREG | (f->readonly ? 0444 : 0644);
+  perm_fill(fs, &f->perm, 0666, st);
+  if (f->readonly) /* whatever chmod said: writing fails */
+    st->st_mode &= ~(mode_t)0222;
+  st->st_mode |= S_IFREG;
   pthread_mutex_unlock(&f->lock);
   uint64_t alloc = size, bytes;
   double timeout = ATTR_TIMEOUT;
@@ -124,7 +164,6 @@ static double file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held,
   st->st_nlink = 1;
   st->st_size = (off_t)size;
   st->st_blocks = (blkcnt_t)((alloc + 511) / 512);
-  fill_times(fs, st);
   return timeout;
 }
 
@@ -220,9 +259,12 @@ static void dir_stat(struct fs *fs, struct stat *st)
 {
   memset(st, 0, sizeof *st);
   st->st_ino = FUSE_ROOT_ID;
-  st->st_mode = S_IFDIR | 0755;
   st->st_nlink = 2;
   fill_times(fs, st);
+  pthread_mutex_lock(&fs->dir_lock);
+  perm_fill(fs, &fs->dir_perm, 0777, st);
+  pthread_mutex_unlock(&fs->dir_lock);
+  st->st_mode |= S_IFDIR;
 }
 
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
@@ -303,6 +345,23 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
   fuse_reply_attr(req, &st, timeout);
 }
 
+/* The directory (not in naked mode, where the root is the file). */
+static void dir_setattr(fuse_req_t req, struct fs *fs, const struct stat *attr, int to_set)
+{
+  if (to_set & FUSE_SET_ATTR_SIZE) {
+    fuse_reply_err(req, EISDIR);
+    return;
+  }
+  if (to_set & PERM_SET_ATTRS) {
+    pthread_mutex_lock(&fs->dir_lock);
+    perm_apply(fs, &fs->dir_perm, 0777, attr, to_set);
+    pthread_mutex_unlock(&fs->dir_lock);
+  }
+  struct stat st;
+  dir_stat(fs, &st);
+  fuse_reply_attr(req, &st, ATTR_TIMEOUT);
+}
+
 static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
                        struct fuse_file_info *fi)
 {
@@ -310,11 +369,10 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
   struct fs *fs = fs_of(req);
   struct fs_file *f = fs_file_by_ino(fs, ino);
   if (!f) {
-    fuse_reply_err(req, ino == FUSE_ROOT_ID ? EPERM : ENOENT);
-    return;
-  }
-  if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
-    fuse_reply_err(req, EPERM);
+    if (ino == FUSE_ROOT_ID)
+      dir_setattr(req, fs, attr, to_set);
+    else
+      fuse_reply_err(req, ENOENT);
     return;
   }
   pthread_mutex_lock(&f->lock);
@@ -326,6 +384,11 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
              f->name ? f->name : f->export_name, (long long)attr->st_size);
     fuse_reply_err(req, ro ? EROFS : EPERM);
     return;
+  }
+  if (to_set & PERM_SET_ATTRS) {
+    pthread_mutex_lock(&f->lock);
+    perm_apply(fs, &f->perm, 0666, attr, to_set);
+    pthread_mutex_unlock(&f->lock);
   }
   /* Times are not stored anywhere: accept and ignore them (touch works). */
   struct stat st;

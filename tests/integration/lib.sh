@@ -9,6 +9,7 @@ NBDFS=${NBDFS:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/nbdfs}
 T=$(mktemp -d /tmp/nbdfs-test.XXXXXX)
 _pids=()
 _mounts=()
+_nbdfs_run=()   # a prefix for starting nbdfs: (as_user) in mount_nbdfs_as_user
 
 cleanup() {
   local m p
@@ -71,12 +72,21 @@ wait_for_port() {
 # The log is in $T/nbdfs.log (or $NBDFS_LOG).
 mount_nbdfs() {
   local uri=$1 mp=$2; shift 2
-  local log=${NBDFS_LOG:-$T/nbdfs.log}
   local dir=$mp
   [ -d "$mp" ] || [ -f "$mp" ] || dir=$(dirname "$mp")
-  _mounts+=("$dir")
   # NBDFS_EXTRA_ARGS (word-split) is appended: e.g. "--threads 2" for TSan runs.
-  "$NBDFS" -f "$@" ${NBDFS_EXTRA_ARGS:-} "$uri" "$mp" >>"$log" 2>&1 &
+  mount_nbdfs_argv "$dir" -f "$@" ${NBDFS_EXTRA_ARGS:-} "$uri" "$mp"
+}
+
+# mount_nbdfs_argv DIR ARGS...: run nbdfs with exactly ARGS (in any order,
+# e.g. "URI MOUNTPOINT -f -o OPTS" as mount.fuse3 would; give -f yourself),
+# in the background, and wait until DIR is mounted.  Sets NBDFS_PID; the
+# log is in $T/nbdfs.log (or $NBDFS_LOG).
+mount_nbdfs_argv() {
+  local dir=$1; shift
+  local log=${NBDFS_LOG:-$T/nbdfs.log}
+  _mounts+=("$dir")
+  "${_nbdfs_run[@]}" "$NBDFS" "$@" >>"$log" 2>&1 &
   NBDFS_PID=$!
   track_pid "$NBDFS_PID"
   local i
@@ -91,7 +101,7 @@ mount_nbdfs() {
 # unmount_nbdfs DIR: unmount and wait for the daemon to exit; fails the test
 # if it exits non-zero.
 unmount_nbdfs() {
-  fusermount3 -u "$1" || fail "fusermount3 -u $1 failed"
+  "${_nbdfs_run[@]}" fusermount3 -u "$1" || fail "fusermount3 -u $1 failed"
   local i
   for ((i = 0; i < 200; i++)); do
     kill -0 "$NBDFS_PID" 2>/dev/null || break
@@ -498,3 +508,40 @@ fio_drop_reset() {
 # SIGPIPE when BYTES is less than the export; if it fails early the sum is
 # of fewer bytes, so it is wrong anyway).
 server_prefix_sha() { (set +o pipefail; nbdcopy -- "$1" - 2>/dev/null | head -c "$2" | sha256sum | cut -d' ' -f1); }
+
+# ---- Helpers for tests run as an unprivileged user (t-ownership.sh).
+# contrib/run-tests.sh creates the user and makes /dev/fuse usable by it;
+# fusermount3 must be setuid root.  What the user mounts is registered and
+# unmounted at exit like the rest (root may unmount any FUSE mount). ----
+
+TEST_USER=${NBDFS_TEST_USER:-nbdfs-test}
+
+# as_user CMD ARGS...: run CMD as $TEST_USER with its primary and
+# supplementary groups, in this environment (NBDFS_TEST_RUN_ID included,
+# so run-tests.sh still finds what it leaves running).
+as_user() {
+  setpriv --reuid="$TEST_USER" --regid="$(id -g "$TEST_USER")" --init-groups -- "$@"
+}
+
+# user_dir: check that the test user can mount, and make $UT, a directory
+# under $T that the user owns ($T itself becomes traversable, not
+# readable, for others).  Sets UT.
+user_dir() {
+  id "$TEST_USER" >/dev/null 2>&1 ||
+    fail "no user $TEST_USER (contrib/run-tests.sh creates it: useradd -r -M -s /usr/sbin/nologin $TEST_USER)"
+  as_user test -r /dev/fuse -a -w /dev/fuse ||
+    fail "$TEST_USER cannot open /dev/fuse (mode $(stat -c %a /dev/fuse); contrib/run-tests.sh makes it 0666)"
+  [ -u "$(command -v fusermount3)" ] || fail "fusermount3 is not setuid root: users cannot mount"
+  chmod 0711 "$T"
+  UT=$T/user
+  mkdir -p "$UT"
+  chown "$TEST_USER:$(id -g "$TEST_USER")" "$UT"
+}
+
+# mount_nbdfs_as_user URI MOUNTPOINT [OPTIONS...]: mount_nbdfs, with nbdfs
+# run by the test user (the mountpoint must be the user's, the server's
+# socket writable by it).
+mount_nbdfs_as_user() { _nbdfs_run=(as_user); mount_nbdfs "$@"; _nbdfs_run=(); }
+
+# unmount_nbdfs_as_user DIR: unmount_nbdfs, fusermount3 -u run by the test user.
+unmount_nbdfs_as_user() { _nbdfs_run=(as_user); unmount_nbdfs "$@"; _nbdfs_run=(); }
