@@ -1,6 +1,5 @@
 /* main.c: start-up, mount, the FUSE request loop, and an orderly exit. */
 #define FUSE_USE_VERSION 34
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -8,7 +7,6 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <fuse_lowlevel.h>
-#include <libgen.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -19,77 +17,20 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon.h"
 #include "extents.h"
 #include "fs.h"
 #include "log.h"
 #include "loop.h"
-#include "names.h"
+#include "mountpoint.h"
+#include "notify.h"
 #include "options.h"
 #include "pool.h"
+#include "server-process.h"
 #include "uri.h"
 
-/* Where to mount and what the file is called. */
-struct mount_target {
-  char *dir;        /* the directory or file FUSE mounts on */
-  char *file_name;  /* NULL: naked (mounted over a regular file) */
-};
-
-static bool dir_is_empty(const char *path)
-{
-  DIR *d = opendir(path);
-  if (!d)
-    return false;
-  struct dirent *e;
-  bool empty = true;
-  while (empty && (e = readdir(d)))
-    empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-  closedir(d);
-  return empty;
-}
-
-static int resolve_mountpoint(const char *mp, const char *export_name, struct mount_target *t)
-{
-  struct stat st;
-  char abs[PATH_MAX];
-  if (stat(mp, &st) == 0) {
-    if (!realpath(mp, abs)) {
-      fprintf(stderr, "nbdfs: cannot resolve mountpoint '%s': %s\n", mp, strerror(errno));
-      return -1;
-    }
-    t->dir = strdup(abs);
-    if (S_ISDIR(st.st_mode))
-      t->file_name = name_from_export(export_name, "disk");
-    else if (S_ISREG(st.st_mode))
-      t->file_name = NULL;
-    else {
-      fprintf(stderr, "nbdfs: mountpoint '%s' is neither a directory nor a regular file\n", mp);
-      return -1;
-    }
-    return 0;
-  }
-  /* DIR/NAME where DIR exists. */
-  char *c1 = strdup(mp), *c2 = strdup(mp);
-  char *dir = dirname(c1), *base = basename(c2);
-  int r = -1;
-  if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode) && strcmp(base, "/") && strcmp(base, ".") &&
-      strcmp(base, "..") && realpath(dir, abs)) {
-    /* Mounting on DIR hides what it holds: only do that to an empty one,
-     * so a typo cannot cover /tmp or /. */
-    if (!dir_is_empty(abs)) {
-      fprintf(stderr, "nbdfs: '%s' does not exist, and its directory %s is not empty (mounting there would hide its contents); give an existing or empty directory\n",
-              mp, abs);
-    } else {
-      t->dir = strdup(abs);
-      t->file_name = strdup(base);
-      r = 0;
-    }
-  } else {
-    fprintf(stderr, "nbdfs: mountpoint '%s' does not exist (nor does its parent directory)\n", mp);
-  }
-  free(c1);
-  free(c2);
-  return r;
-}
+/* How long a server nbdfs started gets to exit after SIGTERM. */
+#define SERVER_STOP_GRACE_S 10
 
 static int write_pidfile(const char *path)
 {
@@ -139,8 +80,10 @@ static void stop_fuse_source(void *arg)
   loop_remove(&fsrc->src);
 }
 
-/* Wait for a signal or the end of the session. */
-static void wait_for_end(int endfd)
+/* Wait for a signal or the end of the session.  A server nbdfs started
+ * that exits meanwhile makes I/O fail at once; the mount stays until
+ * unmounted (so nothing that holds the file open is surprised). */
+static void wait_for_end(struct fs *fs, int endfd, struct server_process *sp)
 {
   sigset_t set;
   sigemptyset(&set);
@@ -149,79 +92,86 @@ static void wait_for_end(int endfd)
   sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGQUIT);
   int sfd = signalfd(-1, &set, SFD_CLOEXEC);
-  struct pollfd p[2] = { { .fd = sfd, .events = POLLIN }, { .fd = endfd, .events = POLLIN } };
-  while (poll(p, 2, -1) < 0 && errno == EINTR)
-    ;
-  if (p[0].revents & POLLIN) {
-    struct signalfd_siginfo si;
-    if (read(sfd, &si, sizeof si) == sizeof si)
-      log_info("received signal %u, unmounting", si.ssi_signo);
+  bool server_up = sp != NULL;
+  for (;;) {
+    int xfd = server_up ? server_process_exit_fd(sp) : -1;
+    struct pollfd p[3] = { { .fd = sfd, .events = POLLIN }, { .fd = endfd, .events = POLLIN },
+                           { .fd = xfd, .events = POLLIN } };
+    int r = poll(p, 3, server_up && xfd < 0 ? 1000 : -1);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (p[0].revents & POLLIN) {
+      struct signalfd_siginfo si;
+      if (read(sfd, &si, sizeof si) == sizeof si)
+        log_info("received signal %u, unmounting", si.ssi_signo);
+      break;
+    }
+    if (p[1].revents & POLLIN)
+      break;
+    if (server_up && server_process_reap(sp)) {
+      server_up = false;
+      fs_server_gone(fs);
+      notify_status("%s has exited; I/O fails until unmounted", server_process_desc(sp));
+    }
   }
   close(sfd);
 }
 
-/* Connect, mount, serve until unmounted or signalled, then clean up. */
-static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tls_options *tls,
-                 struct tls_creds *creds, const char *argv0)
+/* systemd's STATUS= line follows the connections. */
+static void on_pool_state(void *arg, const char *desc, int ready, int total, const char *why)
 {
+  (void)arg;
+  if (!strcmp(why, "reconnected"))
+    notify_status("%s: reconnected (%d of %d connections up)", desc, ready, total);
+  else
+    notify_status("%s: connection lost (%s); %d of %d connections up, reconnecting", desc, why,
+                  ready, total);
+}
+
+/* Everything the start needs, set up in main and serve, freed by main. */
+struct start {
+  struct nbdfs_options *opt;
+  struct mountpoint mp;
+  struct server_process *sp; /* a server nbdfs started, or NULL */
+  struct nbd_uri uri;
+  bool have_uri;
+  struct tls_options tls;
+  struct tls_creds *creds;
+  const char *argv0;
+};
+
+/* Connect, mount, serve until unmounted or signalled, then clean up.
+ * Returns the exit status. */
+static int serve(struct start *st)
+{
+  struct nbdfs_options *opt = st->opt;
+  struct nbd_uri *uri = &st->uri;
   char err[1024];
   int rc = 1;
-  struct mount_target target = { 0 };
-  if (opt->exports) {
-    if (uri->export_name[0]) {
-      fprintf(stderr, "nbdfs: --exports mounts a whole server: the URI must not name an export ('%s')\n",
-              uri->export_name);
-      rc = 2;
-      goto out_early;
-    }
-    struct stat st;
-    char abs[PATH_MAX];
-    if (stat(opt->mountpoint, &st) < 0 || !S_ISDIR(st.st_mode) || !realpath(opt->mountpoint, abs)) {
-      fprintf(stderr, "nbdfs: --exports needs an existing directory, not '%s'\n", opt->mountpoint);
-      rc = 1;
-      goto out_early;
-    }
-    target.dir = strdup(abs);
-  } else if (resolve_mountpoint(opt->mountpoint, uri->export_name, &target) < 0) {
-    rc = 1;
-      goto out_early;
-  }
-  char pidabs[PATH_MAX];
-  if (opt->pidfile) {
-    /* fuse_daemonize changes to /, so keep an absolute path. */
-    if (opt->pidfile[0] != '/') {
-      char cwd[PATH_MAX];
-      if (!getcwd(cwd, sizeof cwd) ||
-          snprintf(pidabs, sizeof pidabs, "%s/%s", cwd, opt->pidfile) >= (int)sizeof pidabs) {
-        fprintf(stderr, "nbdfs: pid file path too long\n");
-        rc = 2;
-      goto out_early;
-      }
-      opt->pidfile = pidabs;
-    }
-  }
-
-  struct fs fs = { .direct_io = opt->direct_io, .readonly = opt->readonly, .uid = getuid(),
-                   .gid = getgid(), .uri = uri,
-                   .pool_opts = { .uri = uri, .connections = opt->connections,
+  bool single_conn = uri->transport == NBD_TRANSPORT_FD; /* cannot connect again */
+  struct fs fs = { .direct_io = opt->direct_io, .readonly = opt->readonly,
+                   .uid = opt->have_uid ? opt->uid : getuid(),
+                   .gid = opt->have_gid ? opt->gid : getgid(),
+                   .umask = opt->have_umask ? opt->umask : 022, .uri = uri,
+                   .pool_opts = { .uri = uri, .connections = single_conn ? 1 : opt->connections,
                                   .timeout_s = opt->timeout_s,
                                   .connect_timeout_s = opt->connect_timeout_s,
                                   .reconnect_delay_s = opt->reconnect_delay_s,
-                                  .no_reconnect = opt->no_reconnect,
-                                  .retry_s = opt->retry_s,
+                                  .no_reconnect = opt->no_reconnect || single_conn,
+                                  .retry_s = single_conn ? 0 : opt->retry_s,
                                   .replay_limit = (uint64_t)opt->replay_limit_mib << 20,
-                                  .tls_mode = tls->mode, .tls = creds } };
+                                  .tls_mode = st->tls.mode, .tls = st->creds,
+                                  .state_fn = on_pool_state } };
   fs_init_table(&fs);
   clock_gettime(CLOCK_REALTIME, &fs.mount_time);
   const char *what;
   /* Talk to the server before mounting, so a bad one leaves nothing mounted. */
-  if (opt->exports) {
+  if (st->mp.form == MOUNTPOINT_EXPORTS) {
     fs.mode = FS_EXPORTS;
     if (fs_list_exports(&fs, err, sizeof err) < 0) {
       fprintf(stderr, "nbdfs: %s\n", err);
       fs_free(&fs);
-      rc = 1;
-      goto out_early;
+      return 1;
     }
     what = "exports of the server";
   } else {
@@ -230,8 +180,7 @@ static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tl
     if (nbd_pool_open(&pool, &fs.pool_opts, err, sizeof err) < 0) {
       fprintf(stderr, "nbdfs: %s\n", err);
       fs_free(&fs);
-      rc = 1;
-      goto out_early;
+      return 1;
     }
     const struct nbd_export_info *info = nbd_pool_info(pool);
     int nconn = nbd_pool_connections(pool, NULL);
@@ -239,17 +188,17 @@ static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tl
              (unsigned long long)info->size, nconn, nconn == 1 ? "" : "s", info->min_block,
              info->pref_block, info->max_block,
              nbd_pool_session(pool)->structured ? ", structured replies" : "");
-    fs.mode = target.file_name ? FS_SINGLE : FS_NAKED;
-    struct fs_file *f = extents_attach(pool) == 0 ? fs_add_file(&fs, target.file_name, uri->export_name)
-                                                  : NULL;
+    fs.mode = st->mp.form == MOUNTPOINT_NAKED ? FS_NAKED : FS_SINGLE;
+    struct fs_file *f = extents_attach(pool) == 0
+                            ? fs_add_file(&fs, st->mp.file_name, uri->export_name)
+                            : NULL;
     if (!f) {
       fprintf(stderr, "nbdfs: out of memory\n");
       nbd_pool_close(pool);
       extents_detach(pool);
       nbd_pool_free(pool);
       fs_free(&fs);
-      rc = 1;
-      goto out_early;
+      return 1;
     }
     fs_file_set_pool(&fs, f, pool);
     what = nbd_pool_desc(pool);
@@ -257,14 +206,13 @@ static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tl
 
   /* FUSE arguments: program name, our defaults, then the user's -o. */
   struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
-  fuse_opt_add_arg(&args, argv0);
+  fuse_opt_add_arg(&args, st->argv0);
   fuse_opt_add_arg(&args, "-o");
   fuse_opt_add_arg(&args, "fsname=nbdfs,subtype=nbdfs,default_permissions");
   for (int i = 0; i < opt->nfuse_opts; i++) {
     fuse_opt_add_arg(&args, "-o");
     fuse_opt_add_arg(&args, opt->fuse_opts[i]);
   }
-  rc = 1;
   int nloops = 0, endfd = -1;
   bool fs_down = false;
   struct nbd_loop **loops = calloc((size_t)opt->threads, sizeof *loops);
@@ -275,16 +223,16 @@ static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tl
     goto out_fs;
   }
   fs.se = se;
-  if (fuse_session_mount(se, target.dir) != 0) {
-    fprintf(stderr, "nbdfs: cannot mount on %s (see above)\n", target.dir);
+  if (mountpoint_recheck(&st->mp, err, sizeof err) < 0) {
+    fprintf(stderr, "nbdfs: %s\n", err);
     goto out_session;
   }
-  if (fuse_daemonize(opt->foreground) != 0)
-    goto out_unmount;
-  if (!opt->foreground)
-    log_use_syslog();
-  if (opt->pidfile && write_pidfile(opt->pidfile) < 0)
-    goto out_unmount;
+  if (fuse_session_mount(se, st->mp.dir) != 0) {
+    fprintf(stderr, "nbdfs: cannot mount on %s (see above)\n", st->mp.dir);
+    goto out_session;
+  }
+  /* Every path is absolute by now; do not keep the caller's directory busy. */
+  if (chdir("/") < 0) { /* harmless: only keeps it busy */ }
 
   /* Signals are read from a signalfd by this thread; workers block them. */
   sigset_t sigs;
@@ -320,11 +268,25 @@ static int serve(struct nbdfs_options *opt, struct nbd_uri *uri, const struct tl
       goto out_stop;
     }
   }
-  log_info("mounted %s on %s%s%s", what, target.dir, target.file_name ? "/" : "",
-           target.file_name ? target.file_name : "");
-
-  wait_for_end(endfd);
+  if (opt->pidfile && write_pidfile(opt->pidfile) < 0)
+    goto out_stop;
+  /* From here on the log goes where the daemon's log belongs. */
+  if (opt->log_file) {
+    if (log_use_file(opt->log_file, err, sizeof err) < 0) {
+      fprintf(stderr, "nbdfs: %s\n", err);
+      goto out_stop;
+    }
+  } else if (!opt->foreground) {
+    log_use_syslog();
+  }
+  log_info("mounted %s on %s%s%s", what, st->mp.dir, st->mp.file_name ? "/" : "",
+           st->mp.file_name ? st->mp.file_name : "");
+  notify_ready();
+  daemon_report(0);
   rc = 0;
+
+  wait_for_end(&fs, endfd, st->sp);
+  notify_stopping();
 
 out_stop:
   /* Stop taking FUSE requests (and wait until no worker is still reading
@@ -345,14 +307,12 @@ out_stop:
   fs_free_handles();
   for (int i = 0; i < nloops; i++)
     free(fsrcs[i].buf.mem);
-out_unmount:
   fuse_session_unmount(se);
 out_session:
   fuse_session_destroy(se);
 out_fs:
   if (!fs_down && fs_shutdown(&fs) != 0)
     rc = 1;
-  log_flush_suppressed();
   fs_free(&fs);
   free(loops);
   free(fsrcs);
@@ -361,10 +321,113 @@ out_fs:
   fuse_opt_free_args(&args);
   if (opt->pidfile && rc == 0)
     unlink(opt->pidfile);
-out_early:
-  free(target.dir);
-  free(target.file_name);
   return rc;
+}
+
+/* *path made absolute against the current directory; the new string is
+ * also put in *owned, for the caller to free. */
+static int absolutize(const char **path, char **owned, const char *what)
+{
+  if (!*path || (*path)[0] == '/')
+    return 0;
+  char *cwd = getcwd(NULL, 0);
+  char *abs = NULL;
+  if (!cwd || asprintf(&abs, "%s/%s", cwd, *path) < 0) {
+    fprintf(stderr, "nbdfs: cannot make the %s path '%s' absolute: %s\n", what, *path,
+            strerror(errno));
+    free(cwd);
+    return -1;
+  }
+  free(cwd);
+  *path = *owned = abs;
+  return 0;
+}
+
+/* A URI source: parse it (before detaching, so mistakes are shown).
+ * Returns 0, or the exit status after printing why. */
+static int parse_uri(struct start *st)
+{
+  struct nbdfs_options *opt = st->opt;
+  char err[1024];
+  if (nbd_uri_parse(opt->uri, &st->uri, err, sizeof err) < 0 ||
+      nbd_uri_make_absolute(&st->uri, err, sizeof err) < 0) {
+    fprintf(stderr, "nbdfs: %s\n", err);
+    nbd_uri_free(&st->uri); /* what parsing filled in before it failed */
+    return 2;
+  }
+  st->have_uri = true;
+  if (opt->exports && st->uri.export_name[0]) {
+    fprintf(stderr, "nbdfs: --exports mounts a whole server: the URI must not name an export ('%s')\n",
+            st->uri.export_name);
+    return 2;
+  }
+  if (opt->export_name) {
+    if (st->uri.has_export && strcmp(st->uri.export_name, opt->export_name)) {
+      fprintf(stderr, "nbdfs: the URI names the export '%s' but --export says '%s'\n",
+              st->uri.export_name, opt->export_name);
+      return 2;
+    }
+    free(st->uri.export_name);
+    st->uri.export_name = strdup(opt->export_name);
+    st->uri.has_export = true;
+    if (!st->uri.export_name) {
+      fprintf(stderr, "nbdfs: out of memory\n");
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* The server: start the command, or wrap the socket (a URI is parsed
+ * already); then the TLS settings.  Returns 0, or the exit status after
+ * printing why. */
+static int open_source(struct start *st)
+{
+  struct nbdfs_options *opt = st->opt;
+  char err[1024];
+  const char *export_name = opt->export_name ? opt->export_name : "";
+  int r = 0;
+  switch (opt->source) {
+  case SERVER_URI:
+    break;
+  case SERVER_ACTIVATE:
+  case SERVER_COMMAND:
+    st->sp = server_process_start(opt->server_argv,
+                                  opt->source == SERVER_ACTIVATE ? SERVER_PROCESS_ACTIVATE
+                                                                 : SERVER_PROCESS_STDIO,
+                                  err, sizeof err);
+    if (!st->sp) {
+      fprintf(stderr, "nbdfs: %s\n", err);
+      return 1;
+    }
+    r = opt->source == SERVER_ACTIVATE
+            ? nbd_uri_from_socket(&st->uri, server_process_socket(st->sp),
+                                  server_process_desc(st->sp), export_name)
+            : nbd_uri_from_fd(&st->uri, server_process_take_fd(st->sp),
+                              server_process_desc(st->sp), export_name);
+    break;
+  case SERVER_FD: {
+    struct stat sb;
+    if (fstat(opt->fd, &sb) < 0 || !S_ISSOCK(sb.st_mode)) {
+      fprintf(stderr, "nbdfs: --fd %d is not a connected socket\n", opt->fd);
+      return 2;
+    }
+    char label[64];
+    snprintf(label, sizeof label, "the socket on fd %d", opt->fd);
+    r = nbd_uri_from_fd(&st->uri, opt->fd, label, export_name);
+    break;
+  }
+  }
+  if (r < 0) {
+    fprintf(stderr, "nbdfs: out of memory\n");
+    return 1;
+  }
+  st->have_uri = true;
+  if (tls_setup(&st->uri, &opt->tls, &st->tls, &st->creds, err, sizeof err) < 0) {
+    fprintf(stderr, "nbdfs: %s\n", err);
+    return 2;
+  }
+  return 0;
 }
 
 int main(int argc, char **argv)
@@ -376,22 +439,61 @@ int main(int argc, char **argv)
     return rc > 0 ? 0 : 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  notify_init();
 
+  struct start st = { .opt = &opt, .argv0 = argv[0], .mp = { .held = -1 } };
   char err[1024];
-  struct nbd_uri uri;
-  struct tls_options tls;
-  struct tls_creds *creds = NULL;
-  if (nbd_uri_parse(opt.uri, &uri, err, sizeof err) < 0) {
-    fprintf(stderr, "nbdfs: %s\n", err);
+  /* Everything that can be checked is checked while the caller waits; the
+   * daemon changes to / later, so relative paths become absolute now. */
+  char *pidfile = NULL, *log_file = NULL;
+  if (absolutize(&opt.pidfile, &pidfile, "pid file") < 0 ||
+      absolutize(&opt.log_file, &log_file, "log file") < 0) {
     rc = 2;
-  } else if (tls_setup(&uri, &opt.tls, &tls, &creds, err, sizeof err) < 0) {
-    fprintf(stderr, "nbdfs: %s\n", err);
-    rc = 2;
-  } else {
-    rc = serve(&opt, &uri, &tls, creds, argv[0]);
+    goto out;
   }
-  tls_creds_free(creds);
-  nbd_uri_free(&uri);
+  if (mountpoint_check_allow_other(opt.allow_other, err, sizeof err) < 0) {
+    fprintf(stderr, "nbdfs: %s\n", err);
+    rc = 1;
+    goto out;
+  }
+  if (opt.exports && opt.export_name) {
+    fprintf(stderr, "nbdfs: --exports mounts every export: --export '%s' makes no sense with it\n",
+            opt.export_name);
+    rc = 2;
+    goto out;
+  }
+  if (opt.source == SERVER_URI && (rc = parse_uri(&st)) != 0)
+    goto out;
+  /* The file is named after the export. */
+  const char *file_export = st.have_uri ? st.uri.export_name
+                                        : opt.export_name ? opt.export_name : "";
+  if (mountpoint_resolve(&st.mp, opt.mountpoint, file_export, opt.exports, opt.nonempty, err,
+                         sizeof err) < 0) {
+    fprintf(stderr, "nbdfs: %s\n", err);
+    rc = 1;
+    goto out;
+  }
+  /* The daemon starts the server, so that the server belongs to it. */
+  if (!opt.foreground && daemon_detach() < 0) {
+    rc = 1;
+    goto out;
+  }
+  rc = open_source(&st);
+  if (rc == 0)
+    rc = serve(&st);
+  if (st.sp) {
+    server_process_stop(st.sp, SERVER_STOP_GRACE_S);
+    server_process_free(st.sp);
+  }
+  log_flush_suppressed();
+out:
+  daemon_report(rc ? rc : 1); /* reports only if serve never did */
+  tls_creds_free(st.creds);
+  if (st.have_uri)
+    nbd_uri_free(&st.uri);
+  mountpoint_free(&st.mp);
   options_free(&opt);
+  free(pidfile);
+  free(log_file);
   return rc;
 }
