@@ -880,14 +880,19 @@ static void *connect_main(void *arg)
       log_warn("%s: connection %d: %s (attempt %u; retrying)", p->desc, i, err, sl->failures);
   }
   pump_locked(p, &failed);
+  if (now_ready >= 0) {
+    /* Told without the lock, but while this connector still counts: the
+     * pool cannot be freed before connectors drops to 0. */
+    pthread_mutex_unlock(&p->lock);
+    report_state(p, now_ready, "reconnected");
+    pthread_mutex_lock(&p->lock);
+  }
   p->connectors--;
   pthread_cond_broadcast(&p->cond);
   pthread_mutex_unlock(&p->lock);
   if (c)
     nbd_conn_close(c);
   fail_all(failed);
-  if (now_ready >= 0)
-    report_state(p, now_ready, "reconnected");
   return NULL;
 }
 
