@@ -20,7 +20,7 @@ bool notify_enabled(void);
  * is logged once with log_debug and otherwise ignored.  MAINPID is the
  * pid at the time of the call, so after daemonizing it names the daemon. */
 void notify_ready(void);                  /* "READY=1\nMAINPID=<getpid()>" */
-void notify_stopping(void);               /* "STOPPING=1" */
+void notify_stopping(void);               /* "STOPPING=1"; STATUS= is quiet from then on */
 void notify_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));  /* "STATUS=..." one line */
 
 #endif

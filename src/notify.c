@@ -20,6 +20,7 @@ static int notify_fd = -1;
 static struct sockaddr_un notify_addr;
 static socklen_t notify_addrlen;
 static atomic_bool send_failed_logged;
+static atomic_bool stopping; /* STOPPING=1 sent: later STATUS lines would only confuse */
 
 /* Fill notify_addr from NOTIFY_SOCKET's value; -1 if we cannot use it. */
 static int parse_address(const char *s)
@@ -43,6 +44,7 @@ void notify_init(void)
     close(notify_fd);
   notify_fd = -1;
   atomic_store(&send_failed_logged, false);
+  atomic_store(&stopping, false);
   const char *s = getenv("NOTIFY_SOCKET");
   if (!s)
     return;
@@ -79,11 +81,15 @@ void notify_ready(void)
   send_msg(msg, (size_t)n);
 }
 
-void notify_stopping(void) { send_msg("STOPPING=1", strlen("STOPPING=1")); }
+void notify_stopping(void)
+{
+  atomic_store(&stopping, true);
+  send_msg("STOPPING=1", strlen("STOPPING=1"));
+}
 
 void notify_status(const char *fmt, ...)
 {
-  if (notify_fd < 0)
+  if (notify_fd < 0 || atomic_load(&stopping))
     return;
   char msg[512] = "STATUS=";
   size_t pre = strlen(msg);

@@ -67,8 +67,12 @@ static void test_address(const char *name, const char *form)
   notify_stopping();
   CHECK_STR(next_msg(fd, buf, sizeof buf), "STOPPING=1", "%s: STOPPING=1", form);
   CHECK(nothing_pending(fd), "%s: one datagram per call", form);
+  notify_status("late news");
+  CHECK(nothing_pending(fd), "%s: no STATUS after STOPPING", form);
 
   /* Nobody reads: the queue fills up, and we must not block. */
+  setenv("NOTIFY_SOCKET", name, 1);
+  notify_init(); /* a fresh start: not stopping */
   time_t t0 = time(NULL);
   for (int i = 0; i < 2000; i++)
     notify_status("flood %d", i);
