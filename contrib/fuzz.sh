@@ -16,7 +16,7 @@ SECONDS_EACH=${1:-60}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${FUZZ_OUT:-$ROOT/build-fuzz}
 CC=${CC_FUZZ:-clang}
-HARNESSES=${FUZZ_ONLY:-reply handshake uri}
+HARNESSES=${FUZZ_ONLY:-reply handshake uri partition}
 
 command -v "$CC" >/dev/null || { echo "fuzz.sh: $CC not found (apt-get install clang libclang-rt-dev)" >&2; exit 2; }
 

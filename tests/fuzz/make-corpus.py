@@ -198,3 +198,117 @@ write("uri", "regress-zone-id", b"nbd://[fe80::1%25eth0]:99/d")
 write("uri", "regress-at-in-user", b"nbd://b%40b@h/x")
 write("uri", "regress-long-escaped-export", b"nbd://h/" + b"%25" * 4096)
 write("uri", "regress-long-host", b"nbD://examp" + b"\x18" * 3 + b"\x1c\x18" + b"\x04" * 250 + b"e.com")
+
+# ---- partition harness: mode byte (bit0 sparse disk: size, head length,
+# head at offset 0, tail at the end; bit1 read (mode >> 4) + 1 fails) ----
+import uuid
+import zlib
+
+LINUX_FS = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+
+def plain(disk):
+    return bytes([0]) + bytes(disk)
+
+
+def sparse(disk, head, tail, mode=1):
+    """Only the first head and last tail bytes of disk are stored."""
+    return bytes([mode]) + struct.pack("<QI", len(disk), head) + bytes(disk[:head]) + bytes(disk[len(disk) - tail:])
+
+
+def ends(disk, mode=1):
+    """A 512-byte-sector GPT with a one-sector entry array: only its tables."""
+    return sparse(disk, 3 * 512, 2 * 512, mode)
+
+
+def mbr_entry(typ, start, n, boot=0):
+    return struct.pack("<B3sB3sII", boot, b"\0" * 3, typ, b"\0" * 3, start, n)
+
+
+def put_mbr(disk, lba, entries):
+    s = b"".join(entries).ljust(64, b"\0")
+    disk[lba * 512 + 446:lba * 512 + 512] = s + b"\x55\xaa"
+
+
+def gpt_entry(typ, uid, first, last, name):
+    return (uuid.UUID(typ).bytes_le + uuid.UUID(uid).bytes_le + struct.pack("<QQQ", first, last, 0)
+            + name.encode("utf-16-le").ljust(72, b"\0"))
+
+
+def gpt_header(my, alt, first, last, entries, count, crc):
+    h = struct.pack("<8sIII4xQQQQ16sQIII", b"EFI PART", 0x10000, 92, 0, my, alt, first, last,
+                    b"\xa5" * 16, entries, count, 128, crc)
+    return h[:16] + struct.pack("<I", zlib.crc32(h)) + h[20:]
+
+
+def gpt_disk(ss, lbas, parts, count=4):
+    """parts: (index, first, last, type, name); both headers and arrays."""
+    disk = bytearray(ss * lbas)
+    put_mbr(disk, 0, [mbr_entry(0xEE, 1, min(lbas - 1, 0xFFFFFFFF))])
+    arr = bytearray(count * 128)
+    for i, first, last, typ, name in parts:
+        arr[i * 128:(i + 1) * 128] = gpt_entry(typ, "%08x-0000-4000-8000-00000000000%d" % (first, i), first, last, name)
+    asec = (len(arr) + ss - 1) // ss
+    crc, last_lba = zlib.crc32(arr), lbas - 1
+    first_use, last_use = 2 + asec, lbas - 2 - asec
+    disk[2 * ss:2 * ss + len(arr)] = arr
+    disk[(last_lba - asec) * ss:(last_lba - asec) * ss + len(arr)] = arr
+    disk[ss:ss + 92] = gpt_header(1, last_lba, first_use, last_use, 2, count, crc)
+    disk[last_lba * ss:last_lba * ss + 92] = gpt_header(last_lba, 1, first_use, last_use, last_lba - asec, count, crc)
+    return disk
+
+
+TWO_GPT = [(0, 4, 19, ESP, "EFI system"), (1, 20, 35, LINUX_FS, "r\u00f6\u00f6t \U0001F600")]
+g = gpt_disk(512, 40, TWO_GPT)
+write("partition", "gpt-512", plain(g))
+write("partition", "gpt-512-fix-crcs", bytes([4]) + bytes(g))  # the harness sets the CRCs right
+write("partition", "gpt-512-unused-entry", ends(gpt_disk(512, 40, [(0, 4, 9, ESP, ""), (3, 10, 35, LINUX_FS, "x")])))
+write("partition", "gpt-512-overlap", ends(gpt_disk(512, 40, [(0, 4, 20, ESP, ""), (1, 20, 35, LINUX_FS, "")])))
+damaged = bytearray(g)
+damaged[512 + 40] ^= 1
+write("partition", "gpt-512-primary-damaged", ends(damaged))
+damaged[512 * 39 + 41] ^= 1
+write("partition", "gpt-512-both-damaged", ends(damaged))
+bad_array = bytearray(g)
+bad_array[2 * 512 + 3] ^= 1
+write("partition", "gpt-512-bad-array-crc", ends(bad_array))
+write("partition", "gpt-512-read-error", ends(g, mode=1 | 2 | 2 << 4))  # the array read fails
+big = gpt_disk(512, 2048, [(0, 34, 1000, LINUX_FS, "big"), (1, 1001, 2000, LINUX_FS, "")])
+big[512] = 0  # primary signature gone: the backup at the end of a 1 MiB disk
+write("partition", "gpt-512-sparse-backup", ends(big))
+write("partition", "gpt-512-sparse-backup-fix-crcs", ends(big, mode=1 | 4))
+g4k = gpt_disk(4096, 256, [(0, 8, 99, ESP, "esp"), (2, 100, 250, LINUX_FS, "root")])
+write("partition", "gpt-4k", sparse(g4k, 3 * 4096, 2 * 4096))
+write("partition", "gpt-4k-fix-crcs", sparse(g4k, 3 * 4096, 2 * 4096, mode=1 | 4))
+g4k[4096:4104] = b"EFI PARX"
+write("partition", "gpt-4k-backup", sparse(g4k, 3 * 4096, 2 * 4096))
+
+
+def mbr_disk(sectors, primaries, ebrs):
+    """ebrs: (lba, logical (rel start, n) or None, link (rel to container) or None)."""
+    disk = bytearray(512 * sectors)
+    put_mbr(disk, 0, [mbr_entry(t, s, n, 0x80 if i == 0 else 0) for i, (t, s, n) in enumerate(primaries)])
+    for lba, logical, link in ebrs:
+        e = [mbr_entry(0x83, logical[0], logical[1]) if logical else mbr_entry(0, 0, 0)]
+        if link is not None:
+            e.append(mbr_entry(0x05, link, 2))
+        put_mbr(disk, lba, e)
+    return disk
+
+
+PRIMS = [(0x83, 2, 4), (0x07, 6, 4), (0x0F, 10, 30)]
+m = mbr_disk(40, PRIMS, [(10, (1, 9), 10), (20, (1, 19), None)])
+write("partition", "mbr-logicals", sparse(m, 21 * 512, 0))
+write("partition", "mbr-read-error", sparse(m, 21 * 512, 0, mode=1 | 2 | 1 << 4))  # the first EBR
+write("partition", "mbr-ebr-loop", sparse(mbr_disk(40, PRIMS, [(10, (1, 9), 10), (20, (1, 9), 0)]), 21 * 512, 0))
+write("partition", "mbr-logical-outside", sparse(mbr_disk(40, PRIMS, [(10, (1, 9), 10), (20, (1, 29), None)]),
+                                                 21 * 512, 0))
+write("partition", "mbr-overlap", sparse(mbr_disk(16, [(0x83, 1, 8), (0x83, 8, 8)], []), 512, 0))
+write("partition", "mbr-empty-extended", sparse(mbr_disk(40, PRIMS, []), 11 * 512, 0))
+fat = bytearray(1024)
+fat[0:3], fat[3:11], fat[446:447] = b"\xeb\x3c\x90", b"mkfs.fat", b"\x29"
+fat[510:512] = b"\x55\xaa"
+write("partition", "fat-boot-sector", plain(fat))
+write("partition", "no-table", plain(bytes(1024)))
+write("partition", "tiny", plain(b"\x55\xaa" * 50))
