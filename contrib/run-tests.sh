@@ -24,7 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 TEST_TIMEOUT=300
 # Step 7's subset: tests with many threads, connections and shutdown races.
-TSAN_TESTS="t-multiconn t-lifecycle t-reconnect-drop t-reconnect-stall t-reconnect-tls t-unmount-race t-worker-deadlock t-server-cmd t-notify"
+TSAN_TESTS="t-multiconn t-lifecycle t-reconnect-drop t-reconnect-stall t-reconnect-tls t-unmount-race t-worker-deadlock t-server-cmd t-notify t-partitions"
 RUN_ID=$$
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/nbdfs-run-tests.XXXXXX")
 # Sanitizer reports, also from an nbdfs the test user runs: it may create
@@ -49,7 +49,7 @@ fail_test() {  # NAME [LOGFILE]
 PACKAGES=(build-essential pkg-config meson ninja-build libfuse3-dev fuse3 libgnutls28-dev
           gnutls-bin nbdkit qemu-utils qemu-system-common nbd-server libnbd-bin fio attr
           python3 clang libclang-rt-14-dev libtsan2 procps kmod util-linux coreutils passwd
-          man-db groff-base systemd)
+          man-db groff-base systemd fdisk e2fsprogs fuse2fs)
 
 install_deps() {
   local missing=() p

@@ -18,6 +18,7 @@
 
 #include "extents.h"
 #include "handshake.h"
+#include "partition.h"
 #include "pool.h"
 #include "uri.h"
 
@@ -58,6 +59,15 @@ struct fs_file {
   bool closing;                /* an idle pool with unflushed writes is being closed */
   struct open_waiter *waiters; /* acquirers waiting for the pool */
   struct fs_perm perm;         /* chmod/chown (a read-only file shows no write bits) */
+  /* --partitions.  A partition file is a window on its disk file: it has
+   * no pool of its own, and holding it holds the disk's.  Its name, disk
+   * and entry never change; a partition that leaves the table is gone. */
+  struct fs_file *disk;        /* a partition file's disk file; NULL for a disk */
+  struct part_entry part;      /* a partition file: its table entry */
+  uint64_t part_alloc;         /* a partition file: allocated bytes, last counted */
+  bool part_alloc_known;
+  bool parts_read;             /* a disk: its table was read */
+  bool parts_stale;            /* a disk: the first or last MiB was written since */
 };
 
 enum fs_mode { FS_SINGLE, FS_NAKED, FS_EXPORTS };
@@ -94,16 +104,23 @@ struct fs {
   pthread_cond_t closers_cond;
   int close_err;               /* first errno from closing a pool */
   atomic_bool server_gone;     /* the server nbdfs started has exited: no new connections */
+  bool partitions;             /* --partitions: a file per partition beside each disk */
 };
 
 int fs_init_table(struct fs *fs);
 /* Add a file (returns it, or NULL on allocation failure). */
 struct fs_file *fs_add_file(struct fs *fs, const char *file_name, const char *export_name);
+/* A partition file (--partitions) on disk, complete before it is listed. */
+struct fs_file *fs_add_partition(struct fs *fs, const char *file_name, struct fs_file *disk,
+                                 const struct part_entry *e);
 /* Single-export mode: the file's pool, open for the whole mount.  Attaches
  * the extent cache if extents_attach was not called yet; returns 0, or
  * -ENOMEM when that failed (the file then reports everything as data).
  * fs_free detaches and frees the pool. */
 int fs_file_set_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p);
+/* File i of the table (NULL past its end): the table grows while it is
+ * walked, but files are never freed while mounted. */
+struct fs_file *fs_file_at(struct fs *fs, int i);
 struct fs_file *fs_file_by_ino(struct fs *fs, uint64_t ino);
 struct fs_file *fs_file_by_name(struct fs *fs, const char *name);
 
@@ -130,6 +147,27 @@ void fs_file_release(struct fs *fs, struct fs_file *f);
 /* Hold the file's pool only if it is open now (NULL otherwise; never
  * opens).  Release with fs_file_release. */
 struct nbd_pool *fs_file_hold(struct fs_file *f);
+/* The pool of a file acquired or held (its disk's, for a partition). */
+struct nbd_pool *fs_file_pool(struct fs_file *f);
+/* Gone: its export left the listing, or (a partition) its table entry. */
+bool fs_file_gone(struct fs_file *f);
+
+/* ---- partitions.c: partition files (--partitions) ---- */
+
+/* Read disk's partition table (its pool held by the caller; not on a
+ * worker thread: this waits for the reads) and make the partition files
+ * match it: new ones are added, vanished ones marked gone, unchanged ones
+ * kept (same inode).  A table that fails validation gives none, logged. */
+void partitions_scan(struct fs *fs, struct fs_file *disk, struct nbd_pool *p);
+/* [off, off+len) of disk was written: the table may have changed. */
+void partitions_note_write(struct fs_file *disk, uint64_t off, uint64_t len);
+/* Scan every disk whose table is unread or stale, on a thread of its own
+ * (opening pools as needed), then run cb.  At once when none is. */
+void partitions_refresh(struct fs *fs, void (*cb)(void *arg), void *arg);
+/* The same, waiting (at mount). */
+void partitions_refresh_wait(struct fs *fs);
+/* Wait until no refresh thread runs (unmount, once pools are closed). */
+void partitions_wait_idle(void);
 
 /* The server will never answer again (the process nbdfs started exited):
  * open pools stop reconnecting and fail requests at once; opening fails. */

@@ -28,6 +28,10 @@ void extents_detach(struct nbd_pool *p);
  * or ENXIO (no data at or after off, or off at or past the end). */
 typedef void (*extents_seek_fn)(void *arg, int err, uint64_t result);
 void extents_seek(struct nbd_pool *p, uint64_t off, bool data, extents_seek_fn cb, void *arg);
+/* The same within [0, end) (a partition's window ends there: the hole at
+ * its end is at end). */
+void extents_seek_range(struct nbd_pool *p, uint64_t off, uint64_t end, bool data,
+                        extents_seek_fn cb, void *arg);
 
 /* Bytes the server reports as allocated (for st_blocks). */
 typedef void (*extents_alloc_fn)(void *arg, uint64_t bytes);
@@ -39,6 +43,11 @@ bool extents_allocated_known(struct nbd_pool *p, uint64_t *bytes, bool *fresh);
  * scan at a time: later callers join the one under way).  cb runs exactly
  * once, maybe before this returns. */
 void extents_allocated(struct nbd_pool *p, extents_alloc_fn cb, void *arg);
+
+/* The bytes allocated in [start, end) (a partition), by a scan of its own;
+ * cb runs exactly once, maybe before this returns. */
+void extents_allocated_range(struct nbd_pool *p, uint64_t start, uint64_t end,
+                             extents_alloc_fn cb, void *arg);
 
 /* Does [off, off+len) read as zeros according to the server? */
 typedef void (*extents_zero_fn)(void *arg, bool zero);

@@ -25,7 +25,7 @@ void fs_free_handles(void);
 /* ---- xattr.c: extended attributes describing an export ---- */
 
 /* The names, NUL-separated, into buf (or the size needed when size is 0). */
-size_t fs_xattr_list(char *buf, size_t size);
+size_t fs_xattr_list(const struct fs_file *f, char *buf, size_t size);
 /* The value of name for f (f->lock held; pool open for user.nbd.flags),
  * malloc'd; NULL + errno when unknown. */
 char *fs_xattr_get(struct fs *fs, struct fs_file *f, const char *name);

@@ -29,6 +29,7 @@ struct nbdfs_options {
   gid_t gid;
   mode_t umask;
   bool nonempty;          /* -o nonempty / --nonempty: mounting over a non-empty directory */
+  bool partitions;        /* --partitions: a file per partition beside each disk */
   bool allow_other;       /* -o allow_other or allow_root was given (also passed to FUSE) */
   int connections;        /* -C: default 4 */
   bool readonly;          /* -r */

@@ -56,15 +56,27 @@ int fs_init_table(struct fs *fs)
   return 0;
 }
 
-struct fs_file *fs_add_file(struct fs *fs, const char *file_name, const char *export_name)
+static struct fs_file *new_file(struct fs *fs, const char *file_name, const char *export_name)
 {
   struct fs_file *f = calloc(1, sizeof *f);
   if (!f)
     return NULL;
   f->name = file_name ? strdup(file_name) : NULL;
   f->export_name = strdup(export_name);
+  if ((file_name && !f->name) || !f->export_name) {
+    free(f->name);
+    free(f->export_name);
+    free(f);
+    return NULL;
+  }
   pthread_mutex_init(&f->lock, NULL);
   f->readonly = fs->readonly;
+  return f;
+}
+
+/* Put f in the table (it is complete: lookups may find it at once). */
+static struct fs_file *publish(struct fs *fs, struct fs_file *f)
+{
   pthread_rwlock_wrlock(&fs->files_lock);
   if (fs->nfiles == fs->cap) {
     int cap = fs->cap ? fs->cap * 2 : 16;
@@ -82,6 +94,41 @@ struct fs_file *fs_add_file(struct fs *fs, const char *file_name, const char *ex
   /* Inode 1 is the directory, except when the file is the mount itself. */
   f->ino = fs->mode == FS_NAKED ? ROOT_INO : (uint64_t)fs->nfiles + 2;
   fs->files[fs->nfiles++] = f;
+  pthread_rwlock_unlock(&fs->files_lock);
+  return f;
+}
+
+struct fs_file *fs_add_file(struct fs *fs, const char *file_name, const char *export_name)
+{
+  struct fs_file *f = new_file(fs, file_name, export_name);
+  return f ? publish(fs, f) : NULL;
+}
+
+struct fs_file *fs_add_partition(struct fs *fs, const char *file_name, struct fs_file *disk,
+                                 const struct part_entry *e)
+{
+  struct fs_file *f = new_file(fs, file_name, disk->export_name);
+  if (!f)
+    return NULL;
+  pthread_mutex_lock(&disk->lock);
+  f->info = (struct nbd_export_info){ .size = e->length, .tflags = disk->info.tflags,
+                                      .min_block = disk->info.min_block,
+                                      .pref_block = disk->info.pref_block,
+                                      .max_block = disk->info.max_block,
+                                      .max_block_advertised = disk->info.max_block_advertised,
+                                      .have_block_size = disk->info.have_block_size };
+  f->readonly = disk->readonly;
+  pthread_mutex_unlock(&disk->lock);
+  f->have_info = true;
+  f->disk = disk;
+  f->part = *e;
+  return publish(fs, f);
+}
+
+struct fs_file *fs_file_at(struct fs *fs, int i)
+{
+  pthread_rwlock_rdlock(&fs->files_lock);
+  struct fs_file *f = i < fs->nfiles ? fs->files[i] : NULL;
   pthread_rwlock_unlock(&fs->files_lock);
   return f;
 }
@@ -105,7 +152,8 @@ struct fs_file *fs_file_by_name(struct fs *fs, const char *name)
   struct fs_file *f = NULL;
   pthread_rwlock_rdlock(&fs->files_lock);
   for (int i = 0; i < fs->nfiles && !f; i++)
-    if (!fs->files[i]->gone && fs->files[i]->name && !strcmp(fs->files[i]->name, name))
+    if (!fs->files[i]->gone && !(fs->files[i]->disk && fs->files[i]->disk->gone) &&
+        fs->files[i]->name && !strcmp(fs->files[i]->name, name))
       f = fs->files[i];
   pthread_rwlock_unlock(&fs->files_lock);
   return f;
@@ -116,7 +164,7 @@ static struct fs_file *find_export(struct fs *fs, const char *export_name)
   struct fs_file *f = NULL;
   pthread_rwlock_rdlock(&fs->files_lock);
   for (int i = 0; i < fs->nfiles && !f; i++)
-    if (!strcmp(fs->files[i]->export_name, export_name))
+    if (!fs->files[i]->disk && !strcmp(fs->files[i]->export_name, export_name))
       f = fs->files[i];
   pthread_rwlock_unlock(&fs->files_lock);
   return f;
@@ -285,6 +333,8 @@ int fs_list_exports(struct fs *fs, char *err, size_t errlen)
     pthread_rwlock_rdlock(&fs->files_lock);
     struct fs_file *f = fs->files[i];
     pthread_rwlock_unlock(&fs->files_lock);
+    if (f->disk)
+      continue; /* gone with its disk (fs_file_gone) */
     pthread_mutex_lock(&f->lock);
     if (!f->gone)
       log_info("export '%s' is no longer listed by the server", f->name);
@@ -476,13 +526,8 @@ static void start_closer(struct fs *fs, struct fs_file *f, struct nbd_pool *p, b
 static void close_idle(struct fs *fs)
 {
   uint64_t now = now_ms();
-  pthread_rwlock_rdlock(&fs->files_lock);
-  int n = fs->nfiles;
-  pthread_rwlock_unlock(&fs->files_lock);
-  for (int i = 0; i < n; i++) {
-    pthread_rwlock_rdlock(&fs->files_lock);
-    struct fs_file *f = fs->files[i];
-    pthread_rwlock_unlock(&fs->files_lock);
+  struct fs_file *f;
+  for (int i = 0; (f = fs_file_at(fs, i)) != NULL; i++) {
     pthread_mutex_lock(&f->lock);
     struct nbd_pool *p = NULL;
     bool blocking = false;
@@ -515,7 +560,10 @@ static void *hk_main(void *arg)
           if (fs_list_exports(fs, err, sizeof err) < 0)
             log_warn("refreshing the export list: %s", err);
         }
-        j->cb(j->arg);
+        if (fs->partitions)
+          partitions_refresh(fs, j->cb, j->arg);
+        else
+          j->cb(j->arg);
       }
       free(j);
       pthread_mutex_lock(&fs->hk_lock);
@@ -550,6 +598,8 @@ int fs_start(struct fs *fs)
 
 int fs_shutdown(struct fs *fs)
 {
+  /* Partition scans first: they need the housekeeping thread and the pools. */
+  partitions_wait_idle();
   if (fs->hk_running) {
     pthread_mutex_lock(&fs->hk_lock);
     fs->hk_stop = true;
@@ -617,8 +667,39 @@ void fs_free(struct fs *fs)
   pthread_cond_destroy(&fs->closers_cond);
 }
 
+/* A partition file waits for its disk's pool, then answers for itself. */
+struct part_acquire {
+  struct fs_file *part;
+  fs_ready_fn cb;
+  void *arg;
+};
+
+static void part_acquired(void *arg, struct fs_file *disk, int err)
+{
+  struct part_acquire *a = arg;
+  struct fs_file *part = a->part;
+  fs_ready_fn cb = a->cb;
+  void *cb_arg = a->arg;
+  free(a);
+  if (!err && fs_file_gone(part)) {
+    fs_file_release(NULL, disk);
+    err = EIO;
+  }
+  cb(cb_arg, part, err);
+}
+
 void fs_file_acquire(struct fs *fs, struct fs_file *f, fs_ready_fn cb, void *arg)
 {
+  if (f->disk) {
+    struct part_acquire *a = malloc(sizeof *a);
+    if (!a) {
+      cb(arg, f, ENOMEM);
+      return;
+    }
+    *a = (struct part_acquire){ f, cb, arg };
+    fs_file_acquire(fs, f->disk, part_acquired, a);
+    return;
+  }
   pthread_mutex_lock(&f->lock);
   f->users++;
   if (f->pool && !f->closing) {
@@ -659,8 +740,28 @@ void fs_file_acquire(struct fs *fs, struct fs_file *f, fs_ready_fn cb, void *arg
   }
 }
 
+bool fs_file_gone(struct fs_file *f)
+{
+  pthread_mutex_lock(&f->lock);
+  bool gone = f->gone;
+  pthread_mutex_unlock(&f->lock);
+  return gone || (f->disk && fs_file_gone(f->disk));
+}
+
+struct nbd_pool *fs_file_pool(struct fs_file *f)
+{
+  if (f->disk)
+    f = f->disk;
+  pthread_mutex_lock(&f->lock);
+  struct nbd_pool *p = f->pool;
+  pthread_mutex_unlock(&f->lock);
+  return p;
+}
+
 struct nbd_pool *fs_file_hold(struct fs_file *f)
 {
+  if (f->disk)
+    return fs_file_gone(f) ? NULL : fs_file_hold(f->disk);
   struct nbd_pool *p = NULL;
   pthread_mutex_lock(&f->lock);
   if (f->pool) {
@@ -674,6 +775,8 @@ struct nbd_pool *fs_file_hold(struct fs_file *f)
 void fs_file_release(struct fs *fs, struct fs_file *f)
 {
   (void)fs;
+  if (f->disk)
+    f = f->disk;
   pthread_mutex_lock(&f->lock);
   if (--f->users == 0)
     f->idle_since_ms = now_ms();
@@ -683,7 +786,10 @@ void fs_file_release(struct fs *fs, struct fs_file *f)
 void fs_refresh(struct fs *fs, fs_refreshed_fn cb, void *arg)
 {
   if (fs->mode != FS_EXPORTS || now_ms() - fs->last_list_ms < REFRESH_MIN_MS || !fs->hk_running) {
-    cb(arg);
+    if (fs->partitions && fs->hk_running)
+      partitions_refresh(fs, cb, arg);
+    else
+      cb(arg);
     return;
   }
   struct hk_job *j = calloc(1, sizeof *j);

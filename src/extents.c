@@ -193,6 +193,7 @@ struct scan {
   uint64_t start_gen;      /* allocated size: generation when the scan began */
   extents_seek_fn seek_cb;
   extents_zero_fn zero_cb;
+  extents_alloc_fn alloc_cb;
   void *arg;
 };
 
@@ -335,18 +336,25 @@ static void seek_finish(struct scan *s)
   else if (s->want_data)
     cb(s->arg, ENXIO, 0);
   else
-    cb(s->arg, 0, nbd_pool_size(s->pool)); /* the implicit hole at the end */
+    cb(s->arg, 0, s->end); /* the implicit hole at the end */
   free(s);
 }
 
 void extents_seek(struct nbd_pool *p, uint64_t off, bool data, extents_seek_fn cb, void *arg)
 {
-  uint64_t size = nbd_pool_size(p);
-  if (off >= size) {
+  extents_seek_range(p, off, nbd_pool_size(p), data, cb, arg);
+}
+
+void extents_seek_range(struct nbd_pool *p, uint64_t off, uint64_t end, bool data,
+                        extents_seek_fn cb, void *arg)
+{
+  if (end > nbd_pool_size(p))
+    end = nbd_pool_size(p);
+  if (off >= end) {
     cb(arg, ENXIO, 0);
     return;
   }
-  struct scan *s = scan_new(p, off, size, seek_visit, seek_finish);
+  struct scan *s = scan_new(p, off, end, seek_visit, seek_finish);
   if (!s) {
     cb(arg, ENOMEM, 0);
     return;
@@ -456,6 +464,33 @@ void extents_allocated(struct nbd_pool *p, extents_alloc_fn cb, void *arg)
     return;
   }
   s->start_gen = gen;
+  scan_run(s);
+}
+
+/* A range's count: a scan of its own, not cached as the whole export's. */
+static void range_finish(struct scan *s)
+{
+  extents_alloc_fn cb = s->alloc_cb;
+  void *arg = s->arg;
+  uint64_t sum = s->sum;
+  free(s);
+  cb(arg, sum);
+}
+
+void extents_allocated_range(struct nbd_pool *p, uint64_t start, uint64_t end,
+                             extents_alloc_fn cb, void *arg)
+{
+  if (end > nbd_pool_size(p))
+    end = nbd_pool_size(p);
+  struct scan *s = start < end && cache_of(p) && nbd_pool_has_block_status(p)
+                       ? scan_new(p, start, end, alloc_visit, range_finish)
+                       : NULL;
+  if (!s) {
+    cb(arg, start < end ? end - start : 0);
+    return;
+  }
+  s->alloc_cb = cb;
+  s->arg = arg;
   scan_run(s);
 }
 

@@ -37,6 +37,7 @@ static struct fs *fs_of(fuse_req_t req) { return fuse_req_userdata(req); }
 struct fs_handle {
   struct fs_file *f;
   struct nbd_pool *pool; /* held from open to release */
+  uint64_t base, size;   /* the window on the export: all of it, or a partition */
   bool writable;
   struct fs_handle *prev, *next; /* open handles, for an exit with files open */
 };
@@ -145,6 +146,8 @@ static double file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held,
   fill_times(fs, st);
   pthread_mutex_lock(&f->lock);
   uint64_t size = f->info.size;
+  bool part_known = f->part_alloc_known;
+  uint64_t part_alloc = f->part_alloc;
   st->st_blksize = (blksize_t)(f->info.pref_block ? f->info.pref_block : 4096);
   perm_fill(fs, &f->perm, 0666, st);
   if (f->readonly) /* whatever chmod said: writing fails */
@@ -154,7 +157,12 @@ static double file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held,
   uint64_t alloc = size, bytes;
   double timeout = ATTR_TIMEOUT;
   bool fresh;
-  if (held && nbd_pool_has_block_status(held)) {
+  if (f->disk) {
+    /* A partition is counted afresh by every getattr (a scan of its range). */
+    if (part_known)
+      alloc = part_alloc;
+    timeout = 0;
+  } else if (held && nbd_pool_has_block_status(held)) {
     if (extents_allocated_known(held, &bytes, &fresh))
       alloc = bytes;
     if (!fresh)
@@ -248,8 +256,14 @@ static void stat_wait_answer(struct stat_wait *w)
 
 static void stat_scanned(void *arg, uint64_t bytes)
 {
-  (void)bytes; /* cached now: file_stat picks it up */
-  stat_wait_answer(arg);
+  struct stat_wait *w = arg;
+  if (w->f->disk) { /* a partition's count is kept by the file */
+    pthread_mutex_lock(&w->f->lock);
+    w->f->part_alloc = bytes;
+    w->f->part_alloc_known = true;
+    pthread_mutex_unlock(&w->f->lock);
+  } /* a disk's is cached by the extent cache: file_stat picks it up */
+  stat_wait_answer(w);
 }
 
 /* Give w to the reply thread's deadline list (false: no thread running). */
@@ -296,7 +310,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
                                 .entry_timeout = fs->mode == FS_EXPORTS ? EXPORT_ENTRY_TIMEOUT
                                                                         : ENTRY_TIMEOUT };
   struct nbd_pool *p = fs_file_hold(f);
-  if (p)
+  if (p && !f->disk)
     refresh_allocated(fs, f, p);
   e.attr_timeout = file_stat(fs, f, p, &e.attr);
   if (p)
@@ -320,7 +334,7 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     return;
   }
   struct nbd_pool *p = fs_file_hold(f);
-  if (p && alloc_stale(p)) {
+  if (p && (f->disk || alloc_stale(p))) {
     /* Ask the server, but answer by the deadline whatever happens. */
     struct stat_wait *w = malloc(sizeof *w);
     if (w) {
@@ -332,12 +346,17 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
       atomic_init(&w->answered, false);
       w->deadline_ms = mono_ms() + STAT_WAIT_MS;
       if (stat_wait_queue(w)) {
-        extents_allocated(p, stat_scanned, w);
+        if (f->disk)
+          extents_allocated_range(p, f->part.start, f->part.start + f->part.length, stat_scanned,
+                                  w);
+        else
+          extents_allocated(p, stat_scanned, w);
         return;
       }
       free(w);
     }
-    refresh_allocated(fs, f, p);
+    if (!f->disk)
+      refresh_allocated(fs, f, p);
   }
   double timeout = file_stat(fs, f, p, &st);
   if (p)
@@ -414,8 +433,8 @@ static void open_ready(void *arg, struct fs_file *f, int err)
     return;
   }
   bool writable = (o->fi.flags & O_ACCMODE) != O_RDONLY;
+  struct nbd_pool *pool = fs_file_pool(f);
   pthread_mutex_lock(&f->lock);
-  struct nbd_pool *pool = f->pool;
   bool ro = f->readonly;
   pthread_mutex_unlock(&f->lock);
   struct fs_handle *h = NULL;
@@ -426,7 +445,9 @@ static void open_ready(void *arg, struct fs_file *f, int err)
     fs_file_release(o->fs, f);
     fuse_reply_err(o->req, ENOMEM);
   } else {
-    *h = (struct fs_handle){ .f = f, .pool = pool, .writable = writable };
+    *h = (struct fs_handle){ .f = f, .pool = pool, .writable = writable,
+                             .base = f->disk ? f->part.start : 0,
+                             .size = f->disk ? f->part.length : nbd_pool_size(pool) };
     handle_track(h);
     o->fi.fh = (uintptr_t)h;
     /* O_DIRECT asks to bypass the cache anyway; a direct_io handle also
@@ -612,18 +633,30 @@ static void read_complete(struct nbd_op *op, int err)
   free(r);
 }
 
+/* A partition that left the table: its handles fail. */
+static bool handle_gone(struct fs_handle *h)
+{
+  return h->f->disk && fs_file_gone(h->f);
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
   (void)ino;
-  struct nbd_pool *pool = handle_of(fi)->pool;
-  uint64_t fsize = nbd_pool_size(pool);
+  struct fs_handle *h = handle_of(fi);
+  struct nbd_pool *pool = h->pool;
+  uint64_t fsize = h->size;
+  if (handle_gone(h)) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
   if ((uint64_t)off >= fsize || size == 0) {
     fuse_reply_buf(req, NULL, 0);
     return;
   }
   if (size > fsize - (uint64_t)off)
     size = fsize - (uint64_t)off; /* short read at the end */
+  off += (off_t)h->base;
   /* Widen to the server's minimum block size (the size is a multiple of it). */
   uint64_t align = nbd_pool_min_block(pool);
   uint64_t start = (uint64_t)off - (uint64_t)off % align;
@@ -688,7 +721,11 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     return;
   }
   struct nbd_pool *pool = h->pool;
-  uint64_t fsize = nbd_pool_size(pool);
+  uint64_t fsize = h->size;
+  if (handle_gone(h)) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
   if (size == 0) {
     fuse_reply_write(req, 0);
     return;
@@ -699,6 +736,10 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   }
   if (size > fsize - (uint64_t)off)
     size = fsize - (uint64_t)off; /* short write up to the end */
+  off += (off_t)h->base;
+  struct fs *fs = fs_of(req);
+  if (fs->partitions)
+    partitions_note_write(h->f->disk ? h->f->disk : h->f, (uint64_t)off, size);
   struct write_op *w = malloc(sizeof *w);
   if (!w) {
     fuse_reply_err(req, ENOMEM);
@@ -818,7 +859,11 @@ static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
     return;
   }
   struct nbd_pool *pool = h->pool;
-  uint64_t size = nbd_pool_size(pool), start = (uint64_t)off, end;
+  uint64_t size = h->size, start = (uint64_t)off, end;
+  if (handle_gone(h)) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
   if (off < 0 || len <= 0 || __builtin_add_overflow(start, (uint64_t)len, &end)) {
     fuse_reply_err(req, EINVAL);
     return;
@@ -845,6 +890,10 @@ static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
   a->req = req;
   a->pool = pool;
   a->ino = ino;
+  start += h->base;
+  end += h->base;
+  if (fs_of(req)->partitions)
+    partitions_note_write(h->f->disk ? h->f->disk : h->f, start, end - start);
   a->off = start;
   a->len = end - start;
   a->punch = mode & FALLOC_FL_PUNCH_HOLE;
@@ -857,7 +906,8 @@ static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
 struct lseek_ctx {
   fuse_req_t req;
   struct nbd_pool *pool;
-  uint64_t off;
+  uint64_t off;  /* in the file */
+  uint64_t base; /* the window's start in the export */
   bool data;
 };
 
@@ -870,7 +920,7 @@ static void lseek_done(void *arg, int err, uint64_t result)
   if (err)
     fuse_reply_err(l->req, err);
   else
-    fuse_reply_lseek(l->req, (off_t)result);
+    fuse_reply_lseek(l->req, (off_t)(result - l->base));
   free(l);
 }
 
@@ -878,12 +928,17 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
                      struct fuse_file_info *fi)
 {
   (void)ino;
-  struct nbd_pool *pool = handle_of(fi)->pool;
+  struct fs_handle *h = handle_of(fi);
+  struct nbd_pool *pool = h->pool;
   if (whence != SEEK_DATA && whence != SEEK_HOLE) {
     fuse_reply_err(req, EINVAL);
     return;
   }
-  if (off < 0) {
+  if (handle_gone(h)) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  if (off < 0 || (uint64_t)off >= h->size) {
     fuse_reply_err(req, ENXIO);
     return;
   }
@@ -892,8 +947,9 @@ static void fs_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
     fuse_reply_err(req, ENOMEM);
     return;
   }
-  *l = (struct lseek_ctx){ req, pool, (uint64_t)off, whence == SEEK_DATA };
-  extents_seek(pool, (uint64_t)off, whence == SEEK_DATA, lseek_done, l);
+  *l = (struct lseek_ctx){ req, pool, (uint64_t)off, h->base, whence == SEEK_DATA };
+  extents_seek_range(pool, h->base + (uint64_t)off, h->base + h->size, whence == SEEK_DATA,
+                     lseek_done, l);
 }
 
 /* ---- directory ---- */
@@ -938,7 +994,7 @@ static void readdir_reply(void *arg)
   pthread_rwlock_rdlock(&fs->files_lock);
   for (int i = r->off > 2 ? (int)(r->off - 2) : 0; i < fs->nfiles; i++) {
     struct fs_file *f = fs->files[i];
-    if (f->gone)
+    if (f->gone || (f->disk && f->disk->gone))
       continue;
     struct stat st = { .st_ino = f->ino, .st_mode = S_IFREG };
     size_t n = fuse_add_direntry(r->req, buf + used, r->size - used, f->name, &st, i + 3);
@@ -985,10 +1041,11 @@ static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
   pthread_rwlock_rdlock(&fs->files_lock);
   for (int i = 0; i < fs->nfiles; i++) {
     struct fs_file *f = fs->files[i];
-    if (f->gone)
+    if (f->gone || (f->disk && f->disk->gone))
       continue;
     n++;
-    total += f->info.size;
+    if (!f->disk) /* a partition's bytes are its disk's */
+      total += f->info.size;
     if (f->info.pref_block)
       bsize = f->info.pref_block;
   }
@@ -1078,14 +1135,15 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
   struct fs *fs = fs_of(req);
-  if (!fs_file_by_ino(fs, ino)) {
+  struct fs_file *f = fs_file_by_ino(fs, ino);
+  if (!f) {
     if (size == 0)
       fuse_reply_xattr(req, 0);
     else
       fuse_reply_buf(req, NULL, 0);
     return;
   }
-  size_t need = fs_xattr_list(NULL, 0);
+  size_t need = fs_xattr_list(f, NULL, 0);
   if (size == 0) {
     fuse_reply_xattr(req, need);
     return;
@@ -1094,8 +1152,8 @@ static void fs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
     fuse_reply_err(req, ERANGE);
     return;
   }
-  char buf[256];
-  fs_xattr_list(buf, sizeof buf);
+  char buf[512];
+  fs_xattr_list(f, buf, sizeof buf);
   fuse_reply_buf(req, buf, need);
 }
 

@@ -153,6 +153,7 @@ static int serve(struct start *st)
                    .uid = opt->have_uid ? opt->uid : getuid(),
                    .gid = opt->have_gid ? opt->gid : getgid(),
                    .umask = opt->have_umask ? opt->umask : 022, .uri = uri,
+                   .partitions = opt->partitions,
                    .pool_opts = { .uri = uri, .connections = single_conn ? 1 : opt->connections,
                                   .timeout_s = opt->timeout_s,
                                   .connect_timeout_s = opt->connect_timeout_s,
@@ -268,6 +269,9 @@ static int serve(struct start *st)
       goto out_stop;
     }
   }
+  /* The partition files are there before anyone is told the mount is. */
+  if (fs.partitions)
+    partitions_refresh_wait(&fs);
   if (opt->pidfile && write_pidfile(opt->pidfile) < 0)
     goto out_stop;
   /* From here on the log goes where the daemon's log belongs. */
@@ -471,6 +475,12 @@ int main(int argc, char **argv)
                          sizeof err) < 0) {
     fprintf(stderr, "nbdfs: %s\n", err);
     rc = 1;
+    goto out;
+  }
+  if (opt.partitions && st.mp.form == MOUNTPOINT_NAKED) {
+    fprintf(stderr, "nbdfs: --partitions needs a directory for the partition files; %s is a "
+            "regular file\n", st.mp.dir);
+    rc = 2;
     goto out;
   }
   /* The daemon starts the server, so that the server belongs to it. */

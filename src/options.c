@@ -54,6 +54,8 @@ static void usage(FILE *out)
 "  -f, --foreground      stay in the foreground (default: detach once mounted)\n"
 "  -P, --pidfile FILE    write the daemon's pid to FILE\n"
 "      --log-file FILE   append messages to FILE (default once detached: syslog)\n"
+"      --partitions      beside each disk file NAME, a file NAME.pN per partition\n"
+"                        (GPT or MBR, numbered as Linux does)\n"
 "      --nonempty        mount on a directory even if it is not empty (its\n"
 "                        contents are hidden while mounted)\n"
 "  -o OPT[,OPT...]       mount options (repeatable):\n"
@@ -114,7 +116,7 @@ static int parse_int(const char *s, int lo, int hi, const char *what, int *out)
 enum { OPT_TIMEOUT = 256, OPT_CONNECT_TIMEOUT, OPT_DIRECT_IO, OPT_THREADS, OPT_EXPORTS,
        OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_USER, OPT_TLS_HOST, OPT_NO_VERIFY,
        OPT_RECONNECT_DELAY, OPT_NO_RECONNECT, OPT_RETRY, OPT_REPLAY_LIMIT,
-       OPT_COMMAND, OPT_FD, OPT_EXPORT, OPT_LOG_FILE, OPT_NONEMPTY };
+       OPT_COMMAND, OPT_FD, OPT_EXPORT, OPT_LOG_FILE, OPT_NONEMPTY, OPT_PARTITIONS };
 
 #define SHORTOPTS "+:C:rfP:o:vVh"
 
@@ -142,6 +144,7 @@ static const struct option longopts[] = {
   { "fd", required_argument, NULL, OPT_FD },
   { "log-file", required_argument, NULL, OPT_LOG_FILE },
   { "nonempty", no_argument, NULL, OPT_NONEMPTY },
+  { "partitions", no_argument, NULL, OPT_PARTITIONS },
   { "tls", required_argument, NULL, OPT_TLS },
   { "tls-certificates", required_argument, NULL, OPT_TLS_CERTS },
   { "tls-psk-file", required_argument, NULL, OPT_TLS_PSK },
@@ -240,6 +243,7 @@ static int apply_option(int c, const char *arg, struct nbdfs_options *o)
   case OPT_FD: return parse_fd(arg, &o->fd);
   case OPT_LOG_FILE: o->log_file = arg; break;
   case OPT_NONEMPTY: o->nonempty = true; break;
+  case OPT_PARTITIONS: o->partitions = true; break;
   case OPT_TLS: return parse_tls_mode(arg, &o->tls);
   case OPT_TLS_CERTS: o->tls.certificates = arg; break;
   case OPT_TLS_PSK: o->tls.psk_file = arg; break;

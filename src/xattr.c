@@ -1,5 +1,6 @@
 /* xattr.c: extended attributes describing an export, for getfattr and
- * scripts: its real name, description, URI, block sizes and flags. */
+ * scripts: its real name, description, URI, block sizes and flags; and for
+ * a partition file, its table entry. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,28 +13,74 @@ static const char *const names[] = {
   "user.nbd.flags",
 };
 #define NNAMES (sizeof names / sizeof names[0])
+static const char *const part_names[] = {
+  "user.nbd.partition", "user.nbd.partition_type", "user.nbd.partition_name",
+  "user.nbd.partition_uuid",
+};
 
-size_t fs_xattr_list(char *buf, size_t size)
+/* Which names f has: the export's, then a partition's (GPT ones have all four). */
+static size_t names_of(const struct fs_file *f, const char *out[], size_t max)
 {
-  size_t need = 0;
-  for (size_t i = 0; i < NNAMES; i++)
-    need += strlen(names[i]) + 1;
+  size_t n = 0;
+  for (size_t i = 0; i < NNAMES && n < max; i++)
+    out[n++] = names[i];
+  size_t np = !f->disk ? 0 : f->part.uuid[0] ? 4 : 2;
+  for (size_t i = 0; i < np && n < max; i++)
+    out[n++] = part_names[i];
+  return n;
+}
+
+size_t fs_xattr_list(const struct fs_file *f, char *buf, size_t size)
+{
+  const char *list[NNAMES + 4];
+  size_t n = names_of(f, list, sizeof list / sizeof list[0]), need = 0;
+  for (size_t i = 0; i < n; i++)
+    need += strlen(list[i]) + 1;
   if (size == 0)
     return need;
   if (size < need)
     return 0;
   size_t o = 0;
-  for (size_t i = 0; i < NNAMES; i++) {
-    memcpy(buf + o, names[i], strlen(names[i]) + 1);
-    o += strlen(names[i]) + 1;
+  for (size_t i = 0; i < n; i++) {
+    memcpy(buf + o, list[i], strlen(list[i]) + 1);
+    o += strlen(list[i]) + 1;
   }
   return need;
+}
+
+/* A partition's attributes (NULL + ENODATA when f has no such name). */
+static char *partition_xattr(const struct fs_file *f, const char *name)
+{
+  char *v = NULL;
+  const struct part_entry *e = &f->part;
+  if (!f->disk) {
+    errno = ENODATA;
+    return NULL;
+  }
+  if (!strcmp(name, "user.nbd.partition")) {
+    if (asprintf(&v, "number=%d start=%llu length=%llu", e->number, (unsigned long long)e->start,
+                 (unsigned long long)e->length) < 0)
+      v = NULL;
+  } else if (!strcmp(name, "user.nbd.partition_type")) {
+    v = strdup(e->type);
+  } else if (!strcmp(name, "user.nbd.partition_name") && e->uuid[0]) {
+    v = strdup(e->name);
+  } else if (!strcmp(name, "user.nbd.partition_uuid") && e->uuid[0]) {
+    v = strdup(e->uuid);
+  } else {
+    errno = ENODATA;
+    return NULL;
+  }
+  if (!v)
+    errno = ENOMEM;
+  return v;
 }
 
 static char *flags_string(struct fs_file *f)
 {
   uint16_t t = f->info.tflags;
-  const struct nbd_session *ss = f->pool ? nbd_pool_session(f->pool) : NULL;
+  struct nbd_pool *p = f->disk ? f->disk->pool : f->pool; /* held by the caller */
+  const struct nbd_session *ss = p ? nbd_pool_session(p) : NULL;
   bool ctx = ss && ss->have_base_alloc;
   char *s = NULL;
   if (asprintf(&s,
@@ -70,8 +117,7 @@ char *fs_xattr_get(struct fs *fs, struct fs_file *f, const char *name)
   } else if (!strcmp(name, "user.nbd.flags")) {
     v = flags_string(f);
   } else {
-    errno = ENODATA;
-    return NULL;
+    return partition_xattr(f, name);
   }
   if (!v)
     errno = ENOMEM;
