@@ -24,7 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 TEST_TIMEOUT=300
 # Step 7's subset: tests with many threads, connections and shutdown races.
-TSAN_TESTS="t-multiconn t-lifecycle t-reconnect-drop t-reconnect-stall t-reconnect-tls t-unmount-race t-worker-deadlock t-server-cmd t-notify t-partitions"
+TSAN_TESTS="t-multiconn t-lifecycle t-reconnect-drop t-reconnect-stall t-reconnect-tls t-unmount-race t-worker-deadlock t-server-cmd t-notify t-partitions t-stats"
 RUN_ID=$$
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/nbdfs-run-tests.XXXXXX")
 # Sanitizer reports, also from an nbdfs the test user runs: it may create
@@ -69,9 +69,39 @@ install_deps() {
   fi
 }
 
+# qemu 10 from bookworm-backports for the extended-headers test: its
+# qemu-utils is downloaded and unpacked aside into $QEMU_BPO (never
+# installed), so Debian's qemu 7.2 stays the one on PATH for every other
+# test.  Its libraries are all bookworm's (qemu-utils Depends), so the
+# unpacked qemu-nbd runs as it is; checked by running it.
+QEMU_BPO=${QEMU_BPO:-/opt/qemu-bpo}
+install_qemu_bpo() {
+  local nbd=$QEMU_BPO/usr/bin/qemu-nbd dl=$LOGDIR/qemu-bpo
+  if [ -x "$nbd" ] && "$nbd" --version >/dev/null 2>&1; then
+    say "qemu-nbd from bookworm-backports: $("$nbd" --version | head -1)"
+    return 0
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  mkdir -p "$dl" "$QEMU_BPO"
+  local list=/etc/apt/sources.list.d/backports.list
+  grep -qs bookworm-backports "$list" ||
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$list"
+  chmod 0777 "$dl"  # apt-get download drops to the _apt user
+  if ! apt-get update >>"$LOGDIR/apt.log" 2>&1 ||
+     ! (cd "$dl" && apt-get download -t bookworm-backports qemu-utils) >>"$LOGDIR/apt.log" 2>&1 ||
+     ! dpkg -x "$dl"/qemu-utils_*.deb "$QEMU_BPO" >>"$LOGDIR/apt.log" 2>&1 ||
+     ! "$nbd" --version >>"$LOGDIR/apt.log" 2>&1; then
+    fail_test "install-qemu-bookworm-backports" "$LOGDIR/apt.log"
+    return 1
+  fi
+  say "qemu-nbd from bookworm-backports: $("$nbd" --version | head -1)"
+}
+
 if [ "${NBDFS_SKIP_INSTALL:-}" != 1 ]; then
   install_deps
+  install_qemu_bpo
 fi
+export QEMU_NBD_10=$QEMU_BPO/usr/bin/qemu-nbd
 modprobe fuse 2>/dev/null || true
 if [ ! -c /dev/fuse ]; then
   mknod -m 666 /dev/fuse c 10 229 2>/dev/null || true

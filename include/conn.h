@@ -42,7 +42,7 @@ struct nbd_cmd {
   uint16_t type;
   uint16_t flags;
   uint64_t offset;
-  uint32_t count;
+  uint64_t count;         /* above 32 bits only with extended headers (no payload) */
   void *buf;              /* READ: where the data goes; WRITE: the payload */
   struct wbuf *wb;        /* WRITE through a pool: the buffer holding the payload */
   uint64_t first_ms;      /* when first sent (monotonic ms; the pool's deadlines) */

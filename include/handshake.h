@@ -14,6 +14,7 @@
 struct nbd_hs_opts {
   const char *export_name;   /* "" for the default export */
   bool structured;           /* ask for structured replies */
+  bool extended;             /* with structured: try extended headers first */
   bool block_status;         /* ask for base:allocation (needs structured) */
   int timeout_s;             /* bound on the whole handshake, 0: none */
   enum tls_mode tls_mode;    /* off, on (if offered) or require */
@@ -25,7 +26,8 @@ struct nbd_session {
   struct nbd_export_info info;  /* size, flags, block sizes, name, description */
   bool oldstyle;
   bool fixed_newstyle;
-  bool structured;
+  bool structured;              /* chunks: structured replies, or extended headers */
+  bool extended;                /* extended headers: 32-byte requests and replies only */
   bool used_go;                 /* false: NBD_OPT_EXPORT_NAME fallback */
   bool have_base_alloc;
   uint32_t base_alloc_id;

@@ -20,6 +20,8 @@
 #define NBD_REQUEST_MAGIC          UINT32_C(0x25609513)
 #define NBD_SIMPLE_REPLY_MAGIC     UINT32_C(0x67446698)
 #define NBD_STRUCTURED_REPLY_MAGIC UINT32_C(0x668e33ef)
+#define NBD_EXTENDED_REQUEST_MAGIC UINT32_C(0x21e41c71)
+#define NBD_EXTENDED_REPLY_MAGIC   UINT32_C(0x6e8a278c)
 
 /* Handshake flags (server) and client flags. */
 #define NBD_FLAG_FIXED_NEWSTYLE   0x0001
@@ -31,7 +33,7 @@
 enum {
   NBD_OPT_EXPORT_NAME = 1, NBD_OPT_ABORT = 2, NBD_OPT_LIST = 3, NBD_OPT_STARTTLS = 5,
   NBD_OPT_INFO = 6, NBD_OPT_GO = 7, NBD_OPT_STRUCTURED_REPLY = 8,
-  NBD_OPT_LIST_META_CONTEXT = 9, NBD_OPT_SET_META_CONTEXT = 10,
+  NBD_OPT_LIST_META_CONTEXT = 9, NBD_OPT_SET_META_CONTEXT = 10, NBD_OPT_EXTENDED_HEADERS = 11,
 };
 
 /* Option reply types. */
@@ -49,6 +51,7 @@ enum {
 #define NBD_REP_ERR_SHUTDOWN        (NBD_REP_FLAG_ERROR | 7)
 #define NBD_REP_ERR_BLOCK_SIZE_REQD (NBD_REP_FLAG_ERROR | 8)
 #define NBD_REP_ERR_TOO_BIG         (NBD_REP_FLAG_ERROR | 9)
+#define NBD_REP_ERR_EXT_HEADER_REQD (NBD_REP_FLAG_ERROR | 10)
 
 /* NBD_INFO types. */
 enum { NBD_INFO_EXPORT = 0, NBD_INFO_NAME = 1, NBD_INFO_DESCRIPTION = 2, NBD_INFO_BLOCK_SIZE = 3 };
@@ -66,6 +69,7 @@ enum { NBD_INFO_EXPORT = 0, NBD_INFO_NAME = 1, NBD_INFO_DESCRIPTION = 2, NBD_INF
 #define NBD_FLAG_SEND_RESIZE       0x0200
 #define NBD_FLAG_SEND_CACHE        0x0400
 #define NBD_FLAG_SEND_FAST_ZERO    0x0800
+#define NBD_FLAG_BLOCK_STATUS_PAYLOAD 0x1000 /* extended headers only; unused by us */
 
 /* Commands and command flags. */
 enum {
@@ -77,12 +81,13 @@ enum {
 #define NBD_CMD_FLAG_DF        0x0004
 #define NBD_CMD_FLAG_REQ_ONE   0x0008
 #define NBD_CMD_FLAG_FAST_ZERO 0x0010
+#define NBD_CMD_FLAG_PAYLOAD_LEN 0x0020 /* extended headers: length is a payload length */
 
 /* Structured reply chunks. */
 #define NBD_REPLY_FLAG_DONE 0x0001
 enum {
   NBD_REPLY_TYPE_NONE = 0, NBD_REPLY_TYPE_OFFSET_DATA = 1, NBD_REPLY_TYPE_OFFSET_HOLE = 2,
-  NBD_REPLY_TYPE_BLOCK_STATUS = 5,
+  NBD_REPLY_TYPE_BLOCK_STATUS = 5, NBD_REPLY_TYPE_BLOCK_STATUS_EXT = 6,
   NBD_REPLY_TYPE_ERROR = 0x8001, NBD_REPLY_TYPE_ERROR_OFFSET = 0x8002,
 };
 #define NBD_REPLY_TYPE_IS_ERR(t) (((t) & 0x8000) != 0)
@@ -104,12 +109,16 @@ enum {
 #define NBD_REQUEST_LEN       28
 #define NBD_SIMPLE_REPLY_LEN  16
 #define NBD_CHUNK_HDR_LEN     20
+#define NBD_EXT_REQUEST_LEN   32
+#define NBD_EXT_REPLY_LEN     32
 
 /* Limits we hold servers to (anything larger is a violation, never allocated). */
 #define NBD_MAX_STRING       4096        /* export names, descriptions, messages */
 #define NBD_MAX_OPT_REPLY    (4 + 2 * NBD_MAX_STRING + 64)
 #define NBD_MAX_PAYLOAD      (UINT32_C(32) << 20) /* portable READ/WRITE cap */
 #define NBD_MAX_BS_PAYLOAD   (UINT32_C(8) << 20)  /* block status payload cap */
+/* The same 2^20 extents in the 16-byte descriptors of BLOCK_STATUS_EXT. */
+#define NBD_MAX_BS_EXT_PAYLOAD (UINT32_C(16) << 20)
 
 /* Big-endian helpers. */
 static inline uint16_t nbd_get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
@@ -195,29 +204,45 @@ const char *nbd_cmd_name(uint16_t cmd);
 
 /* ---- transmission phase ---- */
 
+/* What the reply headers of a connection look like, as negotiated. */
+enum nbd_reply_mode {
+  NBD_REPLIES_SIMPLE,      /* 16-byte simple replies only */
+  NBD_REPLIES_STRUCTURED,  /* simple replies and 20-byte chunks */
+  NBD_REPLIES_EXTENDED,    /* 32-byte extended chunks only (and 32-byte requests) */
+};
+
 struct nbd_request {
   uint16_t flags;
   uint16_t type;
   uint64_t cookie;
   uint64_t offset;
-  uint32_t count;
+  uint64_t count;     /* compact requests carry only the low 32 bits: callers split */
 };
+/* The 28-byte compact request header. */
 void nbd_encode_request(uint8_t out[NBD_REQUEST_LEN], const struct nbd_request *rq);
+/* The 32-byte extended request header; a WRITE gets NBD_CMD_FLAG_PAYLOAD_LEN,
+ * which the spec demands, so count is its payload length. */
+void nbd_encode_ext_request(uint8_t out[NBD_EXT_REQUEST_LEN], const struct nbd_request *rq);
 
-/* A reply header: either a simple reply or a structured chunk header. */
+/* A reply header: a simple reply, a structured chunk header or an
+ * extended chunk header. */
 struct nbd_reply {
-  bool structured;
+  bool structured;    /* a chunk (structured or extended) */
+  bool extended;      /* an extended chunk: offset and length64 are valid */
   uint16_t flags;     /* chunk flags (DONE) */
   uint16_t type;      /* chunk type */
   uint32_t error;     /* simple reply error */
   uint64_t cookie;
-  uint32_t length;    /* chunk payload length */
+  uint64_t offset;    /* extended: must be the request's offset */
+  uint64_t length64;  /* extended: the length as sent */
+  uint32_t length;    /* chunk payload length (extended: UINT32_MAX when length64 does not fit) */
 };
 
-/* How long the header that starts with this magic is: 16 for a simple reply,
- * 20 for a chunk (only when structured replies were negotiated), 0 for a
- * magic that is a violation here. */
-size_t nbd_reply_header_len(const uint8_t magic[4], bool structured_ok);
+/* How long the header that starts with this magic is in this mode: 16 for
+ * a simple reply (not in extended mode), 20 for a structured chunk (only in
+ * structured mode), 32 for an extended chunk (only in extended mode), 0 for
+ * a magic that is a violation here. */
+size_t nbd_reply_header_len(const uint8_t magic[4], enum nbd_reply_mode mode);
 
 /* Decode a reply header whose magic nbd_reply_header_len accepted. */
 void nbd_decode_reply(const uint8_t *in, struct nbd_reply *r);
@@ -233,7 +258,13 @@ enum nbd_verdict {
  * payload: is the type allowed for this command, is the length sane?
  * KILL for unknown non-error types and oversize lengths; FAIL for a known
  * type that does not belong to the command (its payload must be skipped). */
-enum nbd_verdict nbd_check_chunk(const struct nbd_reply *r, uint16_t cmd, uint32_t req_count);
+enum nbd_verdict nbd_check_chunk(const struct nbd_reply *r, uint16_t cmd, uint64_t req_count);
+
+/* The fields only an extended header has, for a reply to a request at
+ * req_off: KILL for a length that cannot be a payload (2^32 or more: the
+ * spec lets us hang up, and nothing we could allocate) or an offset that is
+ * not the request's (the server has lost track of what it answers). */
+enum nbd_verdict nbd_check_ext_reply(const struct nbd_reply *r, uint64_t req_off);
 
 /* Parse an ERROR / ERROR_OFFSET (or unknown error-class) chunk payload.
  * The error value is returned raw; msg points into p.  For ERROR_OFFSET,
@@ -302,10 +333,19 @@ struct nbd_extent {
  * one may run past it), checked for zero length and for earlier extents that
  * already reach the end.  At most max_out extents are stored; *n_out tells
  * how many.  Returns NBD_OK / NBD_FAIL. */
-enum nbd_verdict nbd_parse_block_status(const uint8_t *p, uint32_t len, uint32_t req_count,
+enum nbd_verdict nbd_parse_block_status(const uint8_t *p, uint32_t len, uint64_t req_count,
                                         bool req_one, uint32_t *ctx_id,
                                         struct nbd_extent *out, uint32_t max_out,
                                         uint32_t *n_out);
+
+/* The same for a BLOCK_STATUS_EXT chunk (extended headers): a context id,
+ * a descriptor count that must be non-zero and match the length exactly,
+ * then 64-bit lengths and statuses.  Status bits above 31 are dropped (the
+ * spec keeps them zero for base:allocation). */
+enum nbd_verdict nbd_parse_block_status_ext(const uint8_t *p, uint32_t len, uint64_t req_count,
+                                            bool req_one, uint32_t *ctx_id,
+                                            struct nbd_extent *out, uint32_t max_out,
+                                            uint32_t *n_out);
 
 /* Map a wire error value to an errno (unknown values map to EINVAL). */
 int nbd_errno(uint32_t error);

@@ -98,9 +98,10 @@ void nbd_pool_free(struct nbd_pool *p);
 void nbd_pool_io(struct nbd_pool *p, struct nbd_op *op, uint16_t type, uint16_t flags,
                  uint64_t offset, uint64_t len, const void *buf);
 
-/* Add one BLOCK_STATUS command (base:allocation) for [offset, offset+len);
+/* Add one BLOCK_STATUS command (base:allocation) for [offset, offset+len)
+ * (len above 32 bits only with extended headers: nbd_pool_session says);
  * fn receives the extents with op as its argument. */
-void nbd_pool_block_status(struct nbd_pool *p, struct nbd_op *op, uint64_t offset, uint32_t len,
+void nbd_pool_block_status(struct nbd_pool *p, struct nbd_op *op, uint64_t offset, uint64_t len,
                            nbd_extents_fn fn);
 
 /* Add a FLUSH covering every write completed so far (nothing to send when
@@ -126,6 +127,15 @@ static inline bool nbd_pool_has_block_status(const struct nbd_pool *p)
 const char *nbd_pool_desc(const struct nbd_pool *p);
 /* Connections configured, and those ready now. */
 int nbd_pool_connections(const struct nbd_pool *p, int *ready);
+/* A moment's view for user.nbd.stats: connections configured and ready,
+ * NBD commands in flight on them and waiting in the pool's queue, and
+ * connections re-established after a loss since the pool was opened. */
+struct nbd_pool_counters {
+  int configured, ready;
+  unsigned inflight, queued;
+  uint64_t reconnects;
+};
+void nbd_pool_counters(const struct nbd_pool *p, struct nbd_pool_counters *out);
 /* The range lock that partial-block writes take (blockio). */
 struct rangelock *nbd_pool_rangelock(struct nbd_pool *p);
 

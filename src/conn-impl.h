@@ -43,7 +43,7 @@ struct rx {
   enum rx_state st;
   uint8_t *dst;            /* NULL: discard */
   size_t need, got;
-  uint8_t hdr[NBD_CHUNK_HDR_LEN];
+  uint8_t hdr[NBD_EXT_REPLY_LEN];
   struct nbd_reply r;
   struct slot *s;          /* the slot the current reply is for, or NULL */
   uint32_t idx;
@@ -57,6 +57,7 @@ struct nbd_conn {
   int index;
   int timeout_s;
   bool structured;
+  bool extended;           /* 32-byte requests and replies (extended headers) */
   uint32_t base_alloc_id;
   atomic_uint refs;        /* the creator's, the owner loop's while attached, callers' */
 

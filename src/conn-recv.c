@@ -132,6 +132,10 @@ static int on_chunk_header(struct nbd_conn *c)
     return 0;
   }
   const struct nbd_cmd *cmd = &s->cmd;
+  if (nbd_check_ext_reply(r, cmd->offset) != NBD_OK)
+    return violation(c, "extended reply to %s at %llu says offset %llu, length %llu",
+                     nbd_cmd_name(cmd->type), (unsigned long long)cmd->offset,
+                     (unsigned long long)r->offset, (unsigned long long)r->length64);
   enum nbd_verdict v = nbd_check_chunk(r, cmd->type, cmd->count);
   if (v == NBD_KILL)
     return violation(c, "chunk type %u length %u in reply to %s", r->type, r->length,
@@ -160,6 +164,7 @@ static int on_chunk_header(struct nbd_conn *c)
     want(x, RX_HOLE, x->small, 12);
     break;
   case NBD_REPLY_TYPE_BLOCK_STATUS:
+  case NBD_REPLY_TYPE_BLOCK_STATUS_EXT:
     x->big = malloc(r->length ? r->length : 1);
     if (!x->big)
       return violation(c, "out of memory for a %u-byte block status reply", r->length);
@@ -192,8 +197,8 @@ static void on_data_prefix(struct nbd_conn *c)
   struct slot *s = x->s;
   uint64_t off = 0;
   uint32_t len = 0;
-  enum nbd_verdict v = nbd_parse_offset_data(x->small, x->r.length, s->cmd.offset, s->cmd.count,
-                                             &off, &len);
+  enum nbd_verdict v = nbd_parse_offset_data(x->small, x->r.length, s->cmd.offset,
+                                             (uint32_t)s->cmd.count, &off, &len);
   uint32_t rel = (uint32_t)(off - s->cmd.offset);
   if (v == NBD_OK && s->err == 0 && cover(c, s, rel, len)) {
     want(x, RX_DATA, (uint8_t *)s->cmd.buf + rel, len);
@@ -211,8 +216,8 @@ static void on_hole(struct nbd_conn *c)
   struct slot *s = x->s;
   uint64_t off = 0;
   uint32_t len = 0;
-  enum nbd_verdict v = nbd_parse_offset_hole(x->small, x->r.length, s->cmd.offset, s->cmd.count,
-                                             &off, &len);
+  enum nbd_verdict v = nbd_parse_offset_hole(x->small, x->r.length, s->cmd.offset,
+                                             (uint32_t)s->cmd.count, &off, &len);
   uint32_t rel = (uint32_t)(off - s->cmd.offset);
   if (v != NBD_OK) {
     if (s->err == 0)
@@ -228,12 +233,15 @@ static void on_block_status(struct nbd_conn *c)
 {
   struct rx *x = &c->rx;
   struct slot *s = x->s;
-  uint32_t ctx, n, max = x->r.length / 8 + 1;
+  bool is_ext = x->r.type == NBD_REPLY_TYPE_BLOCK_STATUS_EXT;
+  uint32_t ctx = 0, n = 0, max = x->r.length / (is_ext ? 16 : 8) + 1;
   struct nbd_extent *ext = malloc(max * sizeof *ext);
-  enum nbd_verdict v = ext ? nbd_parse_block_status(x->big, x->r.length, s->cmd.count,
-                                                    s->cmd.flags & NBD_CMD_FLAG_REQ_ONE, &ctx,
-                                                    ext, max, &n)
-                           : NBD_FAIL;
+  bool req_one = s->cmd.flags & NBD_CMD_FLAG_REQ_ONE;
+  enum nbd_verdict v = !ext ? NBD_FAIL
+                       : is_ext ? nbd_parse_block_status_ext(x->big, x->r.length, s->cmd.count,
+                                                             req_one, &ctx, ext, max, &n)
+                                : nbd_parse_block_status(x->big, x->r.length, s->cmd.count,
+                                                         req_one, &ctx, ext, max, &n);
   if (v == NBD_OK && ctx == c->base_alloc_id && ++s->status_chunks == 1) {
     if (s->cmd.extents && !s->err)
       s->cmd.extents(s->cmd.arg, s->cmd.offset, ext, n);
@@ -280,7 +288,10 @@ static int rx_step(struct nbd_conn *c)
   struct rx *x = &c->rx;
   switch (x->st) {
   case RX_MAGIC: {
-    size_t hlen = nbd_reply_header_len(x->hdr, c->structured);
+    enum nbd_reply_mode mode = c->extended     ? NBD_REPLIES_EXTENDED
+                               : c->structured ? NBD_REPLIES_STRUCTURED
+                                               : NBD_REPLIES_SIMPLE;
+    size_t hlen = nbd_reply_header_len(x->hdr, mode);
     if (hlen == 0)
       return violation(c, "bad reply magic 0x%08x", nbd_get32(x->hdr));
     want(x, RX_HEADER, x->hdr + 4, hlen - 4);

@@ -161,11 +161,23 @@ static int send_or_queue(struct nbd_conn *c, struct iovec *iov, int iovcnt)
   return 0;
 }
 
+/* The request header in the form negotiated; returns its length. */
+static size_t encode_header(const struct nbd_conn *c, uint8_t hdr[NBD_EXT_REQUEST_LEN],
+                            const struct nbd_request *rq)
+{
+  if (c->extended) {
+    nbd_encode_ext_request(hdr, rq);
+    return NBD_EXT_REQUEST_LEN;
+  }
+  nbd_encode_request(hdr, rq);
+  return NBD_REQUEST_LEN;
+}
+
 int send_request(struct nbd_conn *c, const struct nbd_request *rq, const void *payload)
 {
-  uint8_t hdr[NBD_REQUEST_LEN];
-  nbd_encode_request(hdr, rq);
-  struct iovec iov[2] = { { hdr, sizeof hdr }, { (void *)payload, rq->count } };
+  uint8_t hdr[NBD_EXT_REQUEST_LEN];
+  size_t hlen = encode_header(c, hdr, rq);
+  struct iovec iov[2] = { { hdr, hlen }, { (void *)payload, rq->type == NBD_CMD_WRITE ? rq->count : 0 } };
   pthread_mutex_lock(&c->send_lock);
   int r = send_or_queue(c, iov, rq->type == NBD_CMD_WRITE ? 2 : 1);
   pthread_mutex_unlock(&c->send_lock);
@@ -190,9 +202,8 @@ int send_backlog(struct nbd_conn *c)
 void send_disc_and_half_close(struct nbd_conn *c)
 {
   struct nbd_request rq = { .type = NBD_CMD_DISC };
-  uint8_t hdr[NBD_REQUEST_LEN];
-  nbd_encode_request(hdr, &rq);
-  struct iovec iov = { hdr, sizeof hdr };
+  uint8_t hdr[NBD_EXT_REQUEST_LEN];
+  struct iovec iov = { hdr, encode_header(c, hdr, &rq) };
   /* DISC, whatever is queued before it, and the TLS close_notify go out in
    * one critical section: the server hangs up as soon as it reads DISC,
    * and our half-close must already be on its way by then. */

@@ -48,6 +48,7 @@ struct nbd_conn *nbd_conn_new(struct transport *t, const struct nbd_session *s,
   c->index = index;
   c->timeout_s = timeout_s;
   c->structured = s->structured;
+  c->extended = s->extended;
   c->base_alloc_id = s->base_alloc_id;
   atomic_init(&c->refs, 1);
   atomic_init(&c->state, NBD_CONN_READY);

@@ -286,15 +286,16 @@ static void scan_run(struct scan *s)
       visit_range(s, s->pos, len, flags);
       continue;
     }
-    /* Ask for everything up to the end, as far as the 32-bit length allows. */
+    /* Ask for everything up to the end: with extended headers in one
+     * request, else as far as the 32-bit length allows. */
     s->budget--;
     uint64_t want = s->end - s->pos;
     uint32_t pref = nbd_pool_info(p)->pref_block ? nbd_pool_info(p)->pref_block : 1;
     uint64_t max = UINT32_MAX - UINT32_MAX % pref;
-    if (want > max)
+    if (want > max && !nbd_pool_session(p)->extended)
       want = max;
     nbd_op_init(&s->op, on_status_done);
-    nbd_pool_block_status(p, &s->op, s->pos, (uint32_t)want, on_extents);
+    nbd_pool_block_status(p, &s->op, s->pos, want, on_extents);
     nbd_op_put(&s->op);
     return;
   }

@@ -195,23 +195,49 @@ static int greet(struct hs *h, const struct nbd_hs_opts *o, struct nbd_session *
   return hs_send(h, cf, sizeof cf, NULL, 0);
 }
 
-static int negotiate_structured(struct hs *h, struct nbd_session *s)
+/* An option without data that the server takes (ACK: *acked) or declines
+ * (any error: we go on without it). */
+static int simple_option(struct hs *h, uint32_t opt, bool *acked)
 {
-  int e = send_option(h, NBD_OPT_STRUCTURED_REPLY, NULL, 0);
+  *acked = false;
+  int e = send_option(h, opt, NULL, 0);
   if (e < 0)
     return e;
   struct nbd_opt_reply r;
   uint8_t *p;
-  e = recv_reply(h, NBD_OPT_STRUCTURED_REPLY, &r, &p);
+  e = recv_reply(h, opt, &r, &p);
   if (e < 0)
     return e;
   free(p);
   if (r.type == NBD_REP_ACK)
-    s->structured = true;
+    *acked = true;
   else if (!(r.type & NBD_REP_FLAG_ERROR))
-    return hs_fail(h, -EPROTO, "protocol violation: %s reply to NBD_OPT_STRUCTURED_REPLY",
-                   nbd_rep_name(r.type));
+    return hs_fail(h, -EPROTO, "protocol violation: %s reply to %s", nbd_rep_name(r.type),
+                   nbd_opt_name(opt));
   return 0;
+}
+
+/* Extended headers imply structured replies (chunks), so both are set. */
+static int negotiate_extended(struct hs *h, struct nbd_session *s)
+{
+  bool acked;
+  int e = simple_option(h, NBD_OPT_EXTENDED_HEADERS, &acked);
+  if (e == 0 && acked)
+    s->extended = s->structured = true;
+  return e;
+}
+
+/* Extended headers where the server has them (64-bit lengths), else
+ * structured replies; a refusal of either only means going without. */
+static int negotiate_replies(struct hs *h, const struct nbd_hs_opts *o, struct nbd_session *s)
+{
+  int e = o->extended ? negotiate_extended(h, s) : 0;
+  if (e < 0 || s->extended)
+    return e;
+  bool acked;
+  e = simple_option(h, NBD_OPT_STRUCTURED_REPLY, &acked);
+  s->structured = e == 0 && acked;
+  return e;
 }
 
 /* Select base:allocation; failure only means no block status. */
@@ -259,6 +285,8 @@ static int negotiate_meta(struct hs *h, const char *name, struct nbd_session *s)
       s->base_alloc_id = id;
       return 0;
     }
+    if (r.type == NBD_REP_ERR_EXT_HEADER_REQD && !s->extended)
+      return 2; /* the caller negotiates extended headers and asks again */
     if (r.type & NBD_REP_FLAG_ERROR) { /* no block status, not fatal */
       s->have_base_alloc = false;
       return 0;
@@ -321,7 +349,8 @@ static int maybe_tls(struct hs *h, const struct nbd_hs_opts *o, bool *active)
 }
 
 /* NBD_OPT_GO or NBD_OPT_INFO.  Returns 0, 1 when the server does not know
- * the option (caller falls back), or a negative errno. */
+ * the option (caller falls back), 2 when it wants extended headers first
+ * (NBD_REP_ERR_EXT_HEADER_REQD), or a negative errno. */
 static int info_or_go(struct hs *h, uint32_t opt, const char *name, struct nbd_export_info *info)
 {
   static const uint16_t want[] = { NBD_INFO_BLOCK_SIZE, NBD_INFO_NAME, NBD_INFO_DESCRIPTION };
@@ -373,9 +402,9 @@ static int info_or_go(struct hs *h, uint32_t opt, const char *name, struct nbd_e
       return 0;
     }
     nbd_export_info_free(&got); /* an error discards everything from this exchange */
-    if (r.type == NBD_REP_ERR_UNSUP) {
+    if (r.type == NBD_REP_ERR_UNSUP || r.type == NBD_REP_ERR_EXT_HEADER_REQD) {
       free(p);
-      return 1;
+      return r.type == NBD_REP_ERR_UNSUP ? 1 : 2;
     }
     if (!(r.type & NBD_REP_FLAG_ERROR)) {
       free(p);
@@ -388,6 +417,32 @@ static int info_or_go(struct hs *h, uint32_t opt, const char *name, struct nbd_e
     e = reply_error(h, &r, p, what);
     free(p);
     return e;
+  }
+}
+
+/* The meta context (when wanted), then NBD_OPT_GO.  A server that answers
+ * either with NBD_REP_ERR_EXT_HEADER_REQD gets extended headers, then both
+ * again (a selection made before may not survive the switch).  Returns as
+ * info_or_go, never 2. */
+static int select_and_go(struct hs *h, const struct nbd_hs_opts *o, struct nbd_session *s)
+{
+  for (;;) {
+    int e = 0;
+    if (s->structured && o->block_status)
+      e = negotiate_meta(h, o->export_name, s);
+    if (e == 0)
+      e = info_or_go(h, NBD_OPT_GO, o->export_name, &s->info);
+    if (e != 2)
+      return e;
+    if (s->extended)
+      return hs_fail(h, -EPROTO, "protocol violation: server demands extended headers, which are in use");
+    if (!o->structured || !o->extended)
+      return hs_fail(h, -ENOTSUP, "server requires extended headers, which were not asked for");
+    e = negotiate_extended(h, s);
+    if (e < 0)
+      return e;
+    if (!s->extended)
+      return hs_fail(h, -ENOTSUP, "server requires extended headers but refused NBD_OPT_EXTENDED_HEADERS");
   }
 }
 
@@ -475,13 +530,13 @@ int nbd_negotiate(struct transport *t, const struct nbd_hs_opts *o, struct nbd_s
       e = export_name(&h, o->export_name, s);
     } else {
       if (o->structured)
-        e = negotiate_structured(&h, s);
-      if (e == 0 && s->structured && o->block_status)
-        e = negotiate_meta(&h, o->export_name, s);
+        e = negotiate_replies(&h, o, s);
       if (e == 0) {
-        e = info_or_go(&h, NBD_OPT_GO, o->export_name, &s->info);
+        e = select_and_go(&h, o, s);
         s->used_go = e == 0;
-        if (e == 1)
+        if (e == 1 && s->extended) /* EXPORT_NAME is forbidden with extended headers */
+          e = hs_fail(&h, -EPROTO, "protocol violation: NBD_OPT_GO unsupported after extended headers were negotiated");
+        else if (e == 1)
           e = export_name(&h, o->export_name, s);
         else if (e < 0 && e != -EPROTO && e != -ECONNRESET && e != -ETIMEDOUT)
           send_abort(&h);

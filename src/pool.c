@@ -84,6 +84,7 @@ struct nbd_pool {
   struct preq *qhead, **qtail;
   unsigned nqueued;
   atomic_uint inflight;       /* commands on connections */
+  uint64_t reconnects;        /* connections re-established after a loss (user.nbd.stats) */
   uint64_t down_since_ms;     /* no READY connection since (0: some are) */
   struct fence *fences;
 
@@ -165,6 +166,17 @@ int nbd_pool_connections(const struct nbd_pool *p, int *ready)
   int n = p->nslots;
   pthread_mutex_unlock((pthread_mutex_t *)&p->lock);
   return n;
+}
+
+void nbd_pool_counters(const struct nbd_pool *p, struct nbd_pool_counters *out)
+{
+  pthread_mutex_lock((pthread_mutex_t *)&p->lock);
+  out->configured = p->nslots;
+  out->ready = p->nready;
+  out->queued = p->nqueued;
+  out->reconnects = p->reconnects;
+  pthread_mutex_unlock((pthread_mutex_t *)&p->lock);
+  out->inflight = atomic_load_explicit(&p->inflight, memory_order_relaxed);
 }
 
 /* Tell the owner how many connections are up (outside the pool's lock). */
@@ -400,17 +412,43 @@ static void submit(struct nbd_pool *p, struct nbd_op *op, struct nbd_cmd *cmd)
   fail_all(failed);
 }
 
+/* The most a compact (32-bit) length field takes, in whole preferred blocks. */
+static uint64_t compact_limit(const struct nbd_export_info *i)
+{
+  return (UINT32_MAX / i->pref_block) * (uint64_t)i->pref_block;
+}
+
+/* The largest piece one command of this type may cover.  READ and WRITE
+ * carry payloads up to the maximum block size.  TRIM and WRITE_ZEROES have
+ * none: with extended headers their 64-bit effect length takes any range in
+ * one command (the maximum block size bounds payloads only), without them
+ * the 32-bit length field is the limit. */
+static uint64_t piece_limit(const struct nbd_pool *p, uint16_t type)
+{
+  const struct nbd_export_info *i = &p->s.info;
+  uint64_t piece = (type == NBD_CMD_READ || type == NBD_CMD_WRITE) ? i->max_block
+                   : p->s.extended                                ? UINT64_MAX
+                                                                  : compact_limit(i);
+  return piece - piece % i->min_block;
+}
+
+/* Pieces for a TRIM or WRITE_ZEROES the server refused as too large: its
+ * advertised maximum payload when it named one, else the compact limit. */
+static uint64_t refused_piece(const struct nbd_pool *p)
+{
+  const struct nbd_export_info *i = &p->s.info;
+  uint64_t piece = i->have_block_size && i->max_block_advertised != UINT32_MAX
+                       ? i->max_block_advertised
+                       : compact_limit(i);
+  piece -= piece % i->min_block;
+  return piece ? piece : i->min_block;
+}
+
 void nbd_pool_io(struct nbd_pool *p, struct nbd_op *op, uint16_t type, uint16_t flags,
                  uint64_t offset, uint64_t len, const void *buf)
 {
-  const struct nbd_export_info *i = &p->s.info;
   op->pool = p;
-  /* READ and WRITE carry payloads up to the maximum block size; TRIM and
-   * WRITE_ZEROES only need to fit the 32-bit length field. */
-  uint64_t piece = (type == NBD_CMD_READ || type == NBD_CMD_WRITE)
-                       ? i->max_block
-                       : (UINT32_MAX / i->pref_block) * (uint64_t)i->pref_block;
-  piece -= piece % i->min_block;
+  uint64_t piece = piece_limit(p, type);
   if (type != NBD_CMD_READ)
     observe(p, offset, len);
   /* WRITE payloads are copied once: the copy is what a lost connection's
@@ -425,7 +463,7 @@ void nbd_pool_io(struct nbd_pool *p, struct nbd_op *op, uint16_t type, uint16_t 
   }
   uint8_t *b = wb ? wb->data : (uint8_t *)buf;
   while (len > 0) {
-    uint32_t n = (uint32_t)(len < piece ? len : piece);
+    uint64_t n = len < piece ? len : piece;
     struct nbd_cmd cmd = { .type = type, .flags = flags, .offset = offset, .count = n,
                            .buf = b, .wb = wbuf_get(wb), .done = piece_done, .arg = op };
     submit(p, op, &cmd);
@@ -437,7 +475,7 @@ void nbd_pool_io(struct nbd_pool *p, struct nbd_op *op, uint16_t type, uint16_t 
   wbuf_put(wb);
 }
 
-void nbd_pool_block_status(struct nbd_pool *p, struct nbd_op *op, uint64_t offset, uint32_t len,
+void nbd_pool_block_status(struct nbd_pool *p, struct nbd_op *op, uint64_t offset, uint64_t len,
                            nbd_extents_fn fn)
 {
   op->pool = p;
@@ -555,7 +593,7 @@ static void start_replay_locked(struct nbd_pool *p)
   uint64_t now = now_ms();
   for (long i = 0; i < n; i++) {
     struct nbd_cmd cmd = { .type = e[i].type, .flags = e[i].flags, .offset = e[i].offset,
-                           .count = (uint32_t)e[i].len, .buf = (void *)e[i].data,
+                           .count = e[i].len, .buf = (void *)e[i].data,
                            .wb = wbuf_get(e[i].buf), .first_ms = now, .done = replay_done,
                            .arg = p };
     struct nbd_conn *c = pick_locked(p);
@@ -600,16 +638,42 @@ static void replay_done(void *arg, int err)
 
 /* ---- what connections tell the pool ---- */
 
+/* The spec lets a server refuse a TRIM or WRITE_ZEROES longer than its
+ * maximum block size with EINVAL or EOVERFLOW: send the range again in
+ * pieces it takes (each piece then stands on its own).  Returns true when
+ * the pieces were submitted and now carry the command's op. */
+static bool resplit_refused(struct nbd_pool *p, const struct nbd_cmd *cmd, int err)
+{
+  if ((err != EINVAL && err != EOVERFLOW) || cmd->done != piece_done ||
+      (cmd->type != NBD_CMD_TRIM && cmd->type != NBD_CMD_WRITE_ZEROES))
+    return false;
+  uint64_t piece = refused_piece(p);
+  if (cmd->count <= piece)
+    return false; /* already small: the refusal is about something else */
+  log_info("%s: server refused a %llu-byte %s (%s); sending it in pieces of %llu bytes", p->desc,
+           (unsigned long long)cmd->count, nbd_cmd_name(cmd->type), strerror(err),
+           (unsigned long long)piece);
+  struct nbd_op *op = cmd->arg;
+  for (uint64_t off = cmd->offset, end = cmd->offset + cmd->count; off < end; off += piece) {
+    struct nbd_cmd c = { .type = cmd->type, .flags = cmd->flags, .offset = off,
+                         .count = end - off < piece ? end - off : piece, .done = piece_done,
+                         .arg = op };
+    submit(p, op, &c);
+  }
+  return true;
+}
+
 static void on_completed(void *owner, struct nbd_conn *c, struct nbd_cmd *cmd, int err)
 {
   (void)c;
   struct nbd_pool *p = owner;
   bool replayed = cmd->done == replay_done;
-  if (changes_data(cmd->type)) {
-    if (!replayed)
-      note_change(p, cmd, err);
+  if (resplit_refused(p, cmd, err))
+    err = 0; /* its pieces report for it; nothing changed yet to note */
+  else if (changes_data(cmd->type) && !replayed)
+    note_change(p, cmd, err);
+  if (changes_data(cmd->type))
     observe(p, 0, 0); /* a scan may have started since it was sent */
-  }
   if (cmd->type == NBD_CMD_WRITE)
     wbuf_put(cmd->wb);
   cmd->done(cmd->arg, err);
@@ -768,7 +832,7 @@ static int open_one(struct nbd_pool *p, int index, struct nbd_session *s, struct
       transport_shutdown(t, false);
   }
   struct nbd_hs_opts hs = { .export_name = p->export_name, .structured = true,
-                            .block_status = true, .timeout_s = p->o.connect_timeout_s,
+                            .extended = true, .block_status = true, .timeout_s = p->o.connect_timeout_s,
                             .tls_mode = p->o.tls_mode, .tls = p->o.tls };
   int r = nbd_negotiate(t, &hs, s, why, sizeof why);
   if (cut) {
@@ -805,9 +869,10 @@ static bool same_export(const struct nbd_session *a, const struct nbd_session *b
            x->max_block != y->max_block)
     snprintf(diff, len, "block sizes %u/%u/%u instead of %u/%u/%u", y->min_block, y->pref_block,
              y->max_block, x->min_block, x->pref_block, x->max_block);
-  else if (a->structured != b->structured || a->have_base_alloc != b->have_base_alloc ||
-           a->tls != b->tls)
-    snprintf(diff, len, "different capabilities (structured replies, block status or TLS)");
+  else if (a->structured != b->structured || a->extended != b->extended ||
+           a->have_base_alloc != b->have_base_alloc || a->tls != b->tls)
+    /* Requests are split for the headers of the first connection. */
+    snprintf(diff, len, "different capabilities (structured replies, extended headers, block status or TLS)");
   else
     return true;
   return false;
@@ -858,6 +923,7 @@ static void *connect_main(void *arg)
         log_warn("%s: connection %d reconnected after %.1f s", p->desc, i,
                  (double)(now - sl->lost_ms) / 1000);
         now_ready = p->nready;
+        p->reconnects++;
       } else {
         log_info("%s: connection %d ready", p->desc, i);
       }

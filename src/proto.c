@@ -177,6 +177,7 @@ const char *nbd_opt_name(uint32_t opt)
   case NBD_OPT_STRUCTURED_REPLY: return "NBD_OPT_STRUCTURED_REPLY";
   case NBD_OPT_LIST_META_CONTEXT: return "NBD_OPT_LIST_META_CONTEXT";
   case NBD_OPT_SET_META_CONTEXT: return "NBD_OPT_SET_META_CONTEXT";
+  case NBD_OPT_EXTENDED_HEADERS: return "NBD_OPT_EXTENDED_HEADERS";
   default: return "unknown option";
   }
 }
@@ -197,6 +198,7 @@ const char *nbd_rep_name(uint32_t type)
   case NBD_REP_ERR_SHUTDOWN: return "server is shutting down";
   case NBD_REP_ERR_BLOCK_SIZE_REQD: return "server requires block size negotiation";
   case NBD_REP_ERR_TOO_BIG: return "request too big";
+  case NBD_REP_ERR_EXT_HEADER_REQD: return "server requires extended headers";
   default: return (type & NBD_REP_FLAG_ERROR) ? "unknown error" : "unknown reply type";
   }
 }
@@ -223,25 +225,54 @@ void nbd_encode_request(uint8_t out[NBD_REQUEST_LEN], const struct nbd_request *
   nbd_put16(out + 6, rq->type);
   nbd_put64(out + 8, rq->cookie);
   nbd_put64(out + 16, rq->offset);
-  nbd_put32(out + 24, rq->count);
+  nbd_put32(out + 24, (uint32_t)rq->count);
 }
 
-size_t nbd_reply_header_len(const uint8_t magic[4], bool structured_ok)
+void nbd_encode_ext_request(uint8_t out[NBD_EXT_REQUEST_LEN], const struct nbd_request *rq)
 {
-  uint32_t m = nbd_get32(magic);
-  if (m == NBD_SIMPLE_REPLY_MAGIC)
-    return NBD_SIMPLE_REPLY_LEN;
-  if (m == NBD_STRUCTURED_REPLY_MAGIC && structured_ok)
-    return NBD_CHUNK_HDR_LEN;
-  return 0;
+  uint16_t flags = rq->flags;
+  if (rq->type == NBD_CMD_WRITE)
+    flags |= NBD_CMD_FLAG_PAYLOAD_LEN;
+  nbd_put32(out, NBD_EXTENDED_REQUEST_MAGIC);
+  nbd_put16(out + 4, flags);
+  nbd_put16(out + 6, rq->type);
+  nbd_put64(out + 8, rq->cookie);
+  nbd_put64(out + 16, rq->offset);
+  nbd_put64(out + 24, rq->count);
+}
+
+size_t nbd_reply_header_len(const uint8_t magic[4], enum nbd_reply_mode mode)
+{
+  /* Each mode has exactly the header kinds the spec allows in it: a server
+   * mixing kinds has lost the framing we agreed on. */
+  switch (nbd_get32(magic)) {
+  case NBD_SIMPLE_REPLY_MAGIC:
+    return mode != NBD_REPLIES_EXTENDED ? NBD_SIMPLE_REPLY_LEN : 0;
+  case NBD_STRUCTURED_REPLY_MAGIC:
+    return mode == NBD_REPLIES_STRUCTURED ? NBD_CHUNK_HDR_LEN : 0;
+  case NBD_EXTENDED_REPLY_MAGIC:
+    return mode == NBD_REPLIES_EXTENDED ? NBD_EXT_REPLY_LEN : 0;
+  default:
+    return 0;
+  }
 }
 
 void nbd_decode_reply(const uint8_t *in, struct nbd_reply *r)
 {
   memset(r, 0, sizeof *r);
-  if (nbd_get32(in) == NBD_SIMPLE_REPLY_MAGIC) {
+  uint32_t magic = nbd_get32(in);
+  if (magic == NBD_SIMPLE_REPLY_MAGIC) {
     r->error = nbd_get32(in + 4);
     r->cookie = nbd_get64(in + 8);
+  } else if (magic == NBD_EXTENDED_REPLY_MAGIC) {
+    r->structured = r->extended = true;
+    r->flags = nbd_get16(in + 4);
+    r->type = nbd_get16(in + 6);
+    r->cookie = nbd_get64(in + 8);
+    r->offset = nbd_get64(in + 16);
+    r->length64 = nbd_get64(in + 24);
+    /* Saturated, so every length cap below rejects what does not fit. */
+    r->length = r->length64 > UINT32_MAX ? UINT32_MAX : (uint32_t)r->length64;
   } else {
     r->structured = true;
     r->flags = nbd_get16(in + 4);
@@ -251,7 +282,16 @@ void nbd_decode_reply(const uint8_t *in, struct nbd_reply *r)
   }
 }
 
-enum nbd_verdict nbd_check_chunk(const struct nbd_reply *r, uint16_t cmd, uint32_t req_count)
+enum nbd_verdict nbd_check_ext_reply(const struct nbd_reply *r, uint64_t req_off)
+{
+  if (!r->extended)
+    return NBD_OK;
+  if (r->length64 > UINT32_MAX || r->offset != req_off)
+    return NBD_KILL;
+  return NBD_OK;
+}
+
+enum nbd_verdict nbd_check_chunk(const struct nbd_reply *r, uint16_t cmd, uint64_t req_count)
 {
   switch (r->type) {
   case NBD_REPLY_TYPE_NONE:
@@ -268,6 +308,12 @@ enum nbd_verdict nbd_check_chunk(const struct nbd_reply *r, uint16_t cmd, uint32
     return cmd == NBD_CMD_READ ? NBD_OK : NBD_FAIL;
   case NBD_REPLY_TYPE_BLOCK_STATUS:
     if (r->length > NBD_MAX_BS_PAYLOAD + 4)
+      return NBD_KILL;
+    /* Only the compact form belongs to compact headers, and vice versa. */
+    return cmd == NBD_CMD_BLOCK_STATUS && !r->extended ? NBD_OK : NBD_FAIL;
+  case NBD_REPLY_TYPE_BLOCK_STATUS_EXT:
+    /* Without extended headers it is as unknown as it was before them. */
+    if (!r->extended || r->length > NBD_MAX_BS_EXT_PAYLOAD + 8)
       return NBD_KILL;
     return cmd == NBD_CMD_BLOCK_STATUS ? NBD_OK : NBD_FAIL;
   default:
@@ -406,7 +452,37 @@ int nbd_coverage_add(struct nbd_coverage *c, uint32_t start, uint32_t end)
   return 0;
 }
 
-enum nbd_verdict nbd_parse_block_status(const uint8_t *p, uint32_t len, uint32_t req_count,
+/* Extents of a block status answer, one at a time: what both chunk forms
+ * share once their descriptors are decoded. */
+struct extent_walk {
+  uint64_t req_count, sum;
+  bool req_one;
+  struct nbd_extent *out;
+  uint32_t max_out, *n_out;
+};
+
+static enum nbd_verdict walk_extent(struct extent_walk *w, uint64_t elen, uint32_t flags)
+{
+  if (elen == 0)
+    return NBD_FAIL;
+  if (w->sum >= w->req_count)
+    return NBD_FAIL; /* earlier extents already covered the request */
+  uint64_t take = elen;
+  if (take > w->req_count - w->sum) { /* never summed first: 64-bit lengths may wrap */
+    if (w->req_one)
+      return NBD_FAIL;
+    take = w->req_count - w->sum; /* clamp the last extent */
+  }
+  w->sum += take;
+  if (*w->n_out < w->max_out) {
+    w->out[*w->n_out].length = take;
+    w->out[*w->n_out].flags = flags;
+    (*w->n_out)++;
+  }
+  return NBD_OK;
+}
+
+enum nbd_verdict nbd_parse_block_status(const uint8_t *p, uint32_t len, uint64_t req_count,
                                         bool req_one, uint32_t *ctx_id,
                                         struct nbd_extent *out, uint32_t max_out,
                                         uint32_t *n_out)
@@ -418,26 +494,32 @@ enum nbd_verdict nbd_parse_block_status(const uint8_t *p, uint32_t len, uint32_t
   uint32_t n = (len - 4) / 8;
   if (req_one && n != 1)
     return NBD_FAIL;
-  uint64_t sum = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    uint32_t elen = nbd_get32(p + 4 + 8 * i);
-    uint32_t flags = nbd_get32(p + 8 + 8 * i);
-    if (elen == 0)
+  struct extent_walk w = { req_count, 0, req_one, out, max_out, n_out };
+  for (uint32_t i = 0; i < n; i++)
+    if (walk_extent(&w, nbd_get32(p + 4 + 8 * i), nbd_get32(p + 8 + 8 * i)) != NBD_OK)
       return NBD_FAIL;
-    if (sum >= req_count)
-      return NBD_FAIL; /* earlier extents already covered the request */
-    uint64_t take = elen;
-    if (sum + take > req_count) {
-      if (req_one)
-        return NBD_FAIL;
-      take = req_count - sum; /* clamp the last extent */
-    }
-    sum += take;
-    if (*n_out < max_out) {
-      out[*n_out].length = take;
-      out[*n_out].flags = flags;
-      (*n_out)++;
-    }
+  return NBD_OK;
+}
+
+enum nbd_verdict nbd_parse_block_status_ext(const uint8_t *p, uint32_t len, uint64_t req_count,
+                                            bool req_one, uint32_t *ctx_id,
+                                            struct nbd_extent *out, uint32_t max_out,
+                                            uint32_t *n_out)
+{
+  *n_out = 0;
+  if (len < 24 || (len - 8) % 16)
+    return NBD_FAIL;
+  *ctx_id = nbd_get32(p);
+  uint32_t n = nbd_get32(p + 4);
+  if (n == 0 || n != (len - 8) / 16)
+    return NBD_FAIL;
+  if (req_one && n != 1)
+    return NBD_FAIL;
+  struct extent_walk w = { req_count, 0, req_one, out, max_out, n_out };
+  for (uint32_t i = 0; i < n; i++) {
+    const uint8_t *d = p + 8 + 16 * (size_t)i;
+    if (walk_extent(&w, nbd_get64(d), (uint32_t)nbd_get64(d + 8)) != NBD_OK)
+      return NBD_FAIL;
   }
   return NBD_OK;
 }

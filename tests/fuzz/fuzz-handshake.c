@@ -8,6 +8,7 @@
  *   bit 4  (list) also ask NBD_OPT_INFO for each export
  *   bit 5  TLS if offered, bit 6 TLS required (PSK credentials; there is no
  *          socket, so a TLS handshake after STARTTLS's ACK fails at once)
+ *   bit 7  (with bit 0) try extended headers first
  * After a successful negotiation the rest of the bytes are the transmission
  * phase: a READ and a WRITE are submitted and the receive loop runs on the
  * same transport, so the hand-over from handshake to transmission is covered.
@@ -80,7 +81,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   if (!t)
     return 0;
   struct nbd_hs_opts o = { .export_name = (mode & 4) ? "disk" : "", .structured = mode & 1,
-                           .block_status = mode & 2 };
+                           .extended = mode & 0x80, .block_status = mode & 2 };
   if (mode & 0x60) {
     o.tls = creds();
     if (o.tls)
@@ -119,8 +120,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       i->max_block > NBD_MAX_PAYLOAD || i->pref_block < i->min_block ||
       !(i->tflags & NBD_FLAG_HAS_FLAGS) || (s.have_base_alloc && !s.structured) ||
       (s.oldstyle && s.structured) || (o.export_name[0] && s.oldstyle) ||
-      (o.tls_mode == TLS_REQUIRE && !s.tls))
-    abort(); /* (the last: no downgrade when TLS is required) */
+      (o.tls_mode == TLS_REQUIRE && !s.tls) ||
+      (s.extended && (!s.structured || !o.extended || !o.structured || !s.used_go)))
+    abort(); /* (TLS: no downgrade when required; extended: asked for, and never EXPORT_NAME) */
 
   struct nbd_conn *c = nbd_conn_new(t, &s, "fuzz", 0, 0);
   nbd_session_free(&s);

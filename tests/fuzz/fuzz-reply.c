@@ -5,6 +5,8 @@
  *   bit 1  BLOCK_STATUS is sent with REQ_ONE
  *   bit 2  also send a 128 KiB READ (direct receive path)
  *   bit 3  base:allocation context id is 1 (else 0)
+ *   bit 4  extended headers negotiated (implies structured replies; adds a
+ *          6 GiB WRITE_ZEROES and a 6 GiB BLOCK_STATUS)
  * A fixed set of commands is submitted first (see submit_all); the k-th has
  * cookie ((k+1) << 32) | k.  nbd_conn_receive_loop then runs over the bytes
  * until EOF.  Checked: every command completes exactly once, errors are
@@ -20,12 +22,13 @@
 #include "conn.h"
 #include "transport.h"
 
-#define NCMD 8
+#define NCMD 10
+#define NBASE 7 /* commands always sent; then the big READ, then two 64-bit ones */
 
 struct rec {
   int calls;
   int err;
-  uint32_t count;
+  uint64_t count;
   bool req_one;
 };
 
@@ -63,7 +66,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
   uint8_t mode = data[0];
   struct nbd_session s;
   memset(&s, 0, sizeof s);
-  s.structured = mode & 1;
+  s.extended = mode & 16;
+  s.structured = (mode & 1) || s.extended;
   s.info.size = UINT64_C(1) << 30;
   s.info.tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_TRIM |
                   NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_DF;
@@ -93,9 +97,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     { .type = NBD_CMD_TRIM, .offset = 0, .count = 1 << 20 },
     { .type = NBD_CMD_WRITE_ZEROES, .offset = UINT64_MAX - 4095, .count = 4096 },
     { .type = NBD_CMD_READ, .offset = 1 << 20, .count = sizeof rbig, .buf = rbig },
+    { .type = NBD_CMD_WRITE_ZEROES, .offset = 1 << 20, .count = UINT64_C(6) << 30 },
+    { .type = NBD_CMD_BLOCK_STATUS, .flags = (mode & 2) ? NBD_CMD_FLAG_REQ_ONE : 0,
+      .offset = 1 << 20, .count = UINT64_C(6) << 30 },
   };
-  int n = (mode & 4) ? NCMD : NCMD - 1;
-  for (int k = 0; k < n; k++) {
+  bool sent[NCMD] = { 0 };
+  for (int k = 0; k < NBASE; k++)
+    sent[k] = true;
+  sent[NBASE] = mode & 4;
+  sent[NBASE + 1] = sent[NBASE + 2] = s.extended;
+  for (int k = 0; k < NCMD; k++) {
+    if (!sent[k])
+      continue;
     struct nbd_cmd cmd = cmds[k];
     recs[k].count = cmd.count;
     recs[k].req_one = cmd.flags & NBD_CMD_FLAG_REQ_ONE;
@@ -106,8 +119,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
       abort(); /* a fresh connection accepts commands */
   }
   nbd_conn_receive_loop(c);
-  for (int k = 0; k < n; k++)
-    if (recs[k].calls != 1) {
+  for (int k = 0; k < NCMD; k++)
+    if (sent[k] && recs[k].calls != 1) {
       fprintf(stderr, "fuzz-reply: command %d completed %d times\n", k, recs[k].calls);
       abort();
     }

@@ -16,13 +16,17 @@ OLDSTYLE = 0x0000420281861253
 REPMAGIC = 0x0003E889045565A9
 SIMPLE = 0x67446698
 CHUNK = 0x668E33EF
+EXT_REPLY = 0x6E8A278C
 DONE = 1
 
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO, OPT_SR, OPT_SET_META = 1, 2, 3, 6, 7, 8, 10
 OPT_STARTTLS = 5
+OPT_EH = 11
+ERR_EXT_HEADER_REQD = 0x8000000A
 REP_ACK, REP_SERVER, REP_INFO, REP_META = 1, 2, 3, 4
 ERR_UNSUP, ERR_POLICY, ERR_UNKNOWN = 0x80000001, 0x80000002, 0x80000006
 T_NONE, T_DATA, T_HOLE, T_BS, T_ERR, T_ERR_OFF = 0, 1, 2, 5, 0x8001, 0x8002
+T_BS_EXT = 6
 
 
 def cookie(k):
@@ -35,6 +39,12 @@ def simple(err, ck, data=b""):
 
 def chunk(flags, typ, ck, payload):
     return struct.pack(">IHHQI", CHUNK, flags, typ, ck, len(payload)) + payload
+
+
+def xchunk(flags, typ, ck, off, payload, length=None):
+    """An extended reply chunk: off must be the request's offset."""
+    n = len(payload) if length is None else length
+    return struct.pack(">IHHQQQ", EXT_REPLY, flags, typ, ck, off, n) + payload
 
 
 def data(flags, ck, off, n):
@@ -136,6 +146,52 @@ write("reply", "sr-eshutdown", bytes([1]) + err(DONE, cookie(5), 108, b"going do
 write("reply", "sr-unknown-type", bytes([1]) + none(cookie(3)) + chunk(DONE, 3, cookie(0), b"\0" * 4))
 write("reply", "sr-chunk-when-off", bytes([0]) + none(cookie(3)))
 
+# ---- reply harness, extended headers (bit 4): commands 7 WRITE_ZEROES 1M+6G,
+# 8 BLOCK_STATUS 1M+6G (bit 2 off), each reply header carries its request's offset.
+def xd(flags, ck, req_off, off, n):
+    return xchunk(flags, T_DATA, ck, req_off, struct.pack(">Q", off) + bytes((off + i) & 0xFF for i in range(n)))
+
+
+def xbs(flags, ck, req_off, ctx, extents, count=None):
+    n = len(extents) if count is None else count
+    return xchunk(flags, T_BS_EXT, ck, req_off, struct.pack(">II", ctx, n)
+                  + b"".join(struct.pack(">QQ", l, f) for l, f in extents))
+
+
+def xnone(ck, req_off):
+    return xchunk(DONE, T_NONE, ck, req_off, b"")
+
+
+def xerr(flags, ck, req_off, e, msg=b""):
+    return xchunk(flags, T_ERR, ck, req_off, struct.pack(">IH", e, len(msg)) + msg)
+
+
+G6 = 6 << 30
+x_all = (xd(0, cookie(0), 0, 0, 2048) + xchunk(0, T_HOLE, cookie(0), 0, struct.pack(">QI", 2048, 2048))
+         + xnone(cookie(0), 0) + xnone(cookie(1), 4096)
+         + xbs(DONE, cookie(2), 0, 0, [(4096, 0), (61440, 3)])
+         + xnone(cookie(3), 0) + xd(DONE, cookie(4), 0x10000, 0x10000, 512)
+         + xerr(DONE, cookie(5), 0, 95, b"no trim") + xnone(cookie(6), (1 << 64) - 4096)
+         + xerr(DONE, cookie(7), 1 << 20, 75, b"too big")
+         + xbs(DONE, cookie(8), 1 << 20, 0, [(5 << 30, 1 | 2), (1 << 40, 0)]))
+write("reply", "ext-all", bytes([16]) + x_all)
+write("reply", "ext-reqone", bytes([16 | 2 | 8]) + xbs(DONE, cookie(2), 0, 1, [(512, 1)])
+      + xbs(DONE, cookie(8), 1 << 20, 1, [(G6, 3)]) + xnone(cookie(7), 1 << 20))
+write("reply", "ext-bs-count-mismatch", bytes([16]) + xbs(DONE, cookie(8), 1 << 20, 0, [(4096, 0)], count=2)
+      + xbs(DONE, cookie(2), 0, 0, [], count=0) + xnone(cookie(3), 0))
+write("reply", "ext-bs-zero-extent", bytes([16]) + xbs(DONE, cookie(8), 1 << 20, 0, [(0, 0), (4096, 0)])
+      + xbs(DONE, cookie(2), 0, 0, [(65536, 0), (4096, 0)]) + xnone(cookie(3), 0))
+write("reply", "ext-bs-wrap", bytes([16]) + xbs(DONE, cookie(8), 1 << 20, 0, [((1 << 64) - 1, 0), (2, 0)]))
+write("reply", "ext-compact-bs", bytes([16]) + xchunk(DONE, T_BS, cookie(2), 0, struct.pack(">III", 0, 4096, 0))
+      + xnone(cookie(3), 0))
+write("reply", "ext-wrong-offset", bytes([16]) + xnone(cookie(3), 0) + xnone(cookie(1), 0))
+write("reply", "ext-huge-length", bytes([16]) + xnone(cookie(3), 0)
+      + xchunk(DONE, T_DATA, cookie(0), 0, b"", length=1 << 32))
+write("reply", "ext-simple-mixed", bytes([16]) + xnone(cookie(3), 0) + simple(0, cookie(1)))
+write("reply", "ext-structured-mixed", bytes([16]) + xnone(cookie(3), 0) + none(cookie(1)))
+write("reply", "sr-ext-magic", bytes([1]) + none(cookie(3)) + xnone(cookie(1), 4096))
+
+
 # ---- handshake harness: mode byte (bit0 SR, bit1 block status, bit2 export "disk",
 # bit3 LIST, bit4 LIST+INFO); after GO the transmission phase: READ 0+1024 (cookie(0)),
 # WRITE 512+512 (cookie(1)). ----
@@ -143,6 +199,27 @@ def go_ok(size=1 << 20, tflags=0x4D, name=b"disk"):
     return (info_bs(OPT_GO, 512, 4096, 1 << 20) + info_str(OPT_GO, 1, name)
             + info_export(OPT_GO, size, tflags) + info_str(OPT_GO, 2, b"a test disk") + rep(OPT_GO, REP_ACK))
 
+
+# Extended headers (mode bit 7 with bit 0).
+def xgo_ok():
+    return rep(OPT_EH, REP_ACK) + meta(1, b"base:allocation") + rep(OPT_SET_META, REP_ACK) + go_ok()
+
+
+x_tx = (xchunk(0, T_DATA, cookie(0), 0, struct.pack(">Q", 0) + b"\x33" * 512)
+        + xchunk(DONE, T_HOLE, cookie(0), 0, struct.pack(">QI", 512, 512))
+        + xchunk(DONE, T_NONE, cookie(1), 512, b""))
+write("handshake", "ext-go", bytes([0x80 | 1 | 2 | 4]) + greeting(3) + xgo_ok() + x_tx)
+write("handshake", "ext-unsup-sr", bytes([0x80 | 1 | 2 | 4]) + greeting(3) + rep(OPT_EH, ERR_UNSUP)
+      + rep(OPT_SR, REP_ACK) + meta(1, b"base:allocation") + rep(OPT_SET_META, REP_ACK) + go_ok()
+      + data(0, cookie(0), 0, 512) + hole(DONE, cookie(0), 512, 512) + none(cookie(1)))
+write("handshake", "ext-reqd-go", bytes([0x80 | 1 | 4]) + greeting(3) + rep(OPT_EH, ERR_UNSUP)
+      + rep(OPT_SR, REP_ACK) + rep(OPT_GO, ERR_EXT_HEADER_REQD) + rep(OPT_EH, REP_ACK) + go_ok() + x_tx)
+write("handshake", "ext-reqd-meta", bytes([0x80 | 1 | 2 | 4]) + greeting(3) + rep(OPT_EH, ERR_UNSUP)
+      + rep(OPT_SR, REP_ACK) + rep(OPT_SET_META, ERR_EXT_HEADER_REQD) + xgo_ok() + x_tx)
+write("handshake", "ext-go-unsup", bytes([0x80 | 1 | 4]) + greeting(3) + rep(OPT_EH, REP_ACK)
+      + rep(OPT_GO, ERR_UNSUP))
+write("handshake", "ext-simple-reply", bytes([0x80 | 1 | 4]) + greeting(3) + rep(OPT_EH, REP_ACK) + go_ok()
+      + simple(0, cookie(1)))
 
 sr_tx = data(0, cookie(0), 0, 512) + hole(DONE, cookie(0), 512, 512) + none(cookie(1))
 simple_tx = simple(0, cookie(0), b"\x11" * 1024) + simple(0, cookie(1))

@@ -125,14 +125,15 @@ hs_scenario() {
   kill "$SERVER_PID" 2>/dev/null || true
 }
 
-# bs_scenario NAME EXPECT MODE: block status answers of MODE (see
+# bs_scenario NAME EXPECT MODE [SERVER-ARGS...]: block status answers of MODE (see
 # fake-nbd-server.py --block-status).  SEEK_DATA/SEEK_HOLE and stat must
 # return within bounds.  EXPECT "data": the answers are unusable or say data,
 # so the whole file is data (the safe answer); "hole": the file is one hole.
 # Reads keep working.
 bs_scenario() {
   local name=$1 expect=$2 mode=$3 size=$((4 * 1024 * 1024))
-  serve_fake "$name" --block-status "$mode" --size "$size"
+  shift 3
+  serve_fake "$name" --block-status "$mode" --size "$size" "$@"
   local mp=$T/mnt-$name rc=0
   mkdir "$mp"
   NBDFS_LOG=$T/nbdfs-$name.log
@@ -267,6 +268,26 @@ bs_scenario bs-none data none
 bs_scenario bs-two-chunks data two-chunks
 
 # Directory mode over a hostile export list.
+# Extended headers: a header of the wrong kind, or one whose offset or length
+# cannot be right, costs the connection; bad BLOCK_STATUS_EXT answers fail
+# only their request.
+io_scenario ext-normal ok --scenario normal --extended on
+io_scenario ext-required ok --scenario normal --extended required
+io_scenario ext-simple-reply kill --scenario ext-simple-reply --extended on
+io_scenario ext-structured-chunk kill --scenario ext-structured-chunk --extended on
+io_scenario ext-wrong-offset kill --scenario ext-wrong-offset --extended on
+io_scenario ext-huge-length kill --scenario ext-huge-length --extended on
+io_scenario ext-error-chunk fail --scenario error-chunk --extended on
+io_scenario ext-unknown-chunk-type kill --scenario unknown-chunk-type --extended on
+bs_scenario ext-bs-data data data --extended on
+bs_scenario ext-bs-past-end hole past-end --extended on
+bs_scenario ext-bs-huge hole ext-huge --extended on
+bs_scenario ext-bs-zero-length data zero-length --extended on
+bs_scenario ext-bs-count-mismatch data ext-count-mismatch --extended on
+bs_scenario ext-bs-zero-count data ext-zero-count --extended on
+bs_scenario ext-bs-compact data ext-compact --extended on
+bs_scenario ext-bs-two-chunks data two-chunks --extended on
+
 hostile_list
 
 # Handshake-phase violations.

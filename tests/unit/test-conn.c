@@ -51,7 +51,7 @@ static void on_extents(void *arg, uint64_t off, const struct nbd_extent *e, uint
 static uint64_t cookie(int k) { return (uint64_t)(k + 1) << 32 | (uint32_t)k; }
 
 /* Queue a command for the next run. */
-static int add(uint16_t type, uint16_t flags, uint64_t offset, uint32_t count)
+static int add(uint16_t type, uint16_t flags, uint64_t offset, uint64_t count)
 {
   int k = ncmds++;
   memset(&recs[k], 0, sizeof recs[k]);
@@ -69,12 +69,15 @@ static int add(uint16_t type, uint16_t flags, uint64_t offset, uint32_t count)
 static bool last_dead;
 static unsigned last_inflight;
 static struct nbd_conn *cur_conn; /* the connection of the current run */
+static bool run_extended;         /* the next runs negotiated extended headers */
 
 /* Submit the queued commands, feed stream, run the loop to the end. */
 static void run(bool structured, const struct bytes *stream)
 {
   struct nbd_session s = { 0 };
-  s.structured = structured;
+  s.structured = structured || run_extended;
+  s.extended = run_extended;
+  structured = s.structured;
   s.info.size = UINT64_C(1) << 40;
   s.info.tflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_TRIM;
   s.have_base_alloc = structured;
@@ -819,6 +822,120 @@ static void test_many(void)
   b_free(&b);
 }
 
+
+/* ---- extended headers ---- */
+
+static void xhdr(struct bytes *b, uint16_t flags, uint16_t type, uint64_t ck, uint64_t off, uint64_t len)
+{
+  b_u32(b, NBD_EXTENDED_REPLY_MAGIC);
+  b_u16(b, flags);
+  b_u16(b, type);
+  b_u64(b, ck);
+  b_u64(b, off);
+  b_u64(b, len);
+}
+
+static void xnone(struct bytes *b, uint64_t ck, uint64_t off)
+{
+  xhdr(b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, ck, off, 0);
+}
+
+static void test_extended(void)
+{
+  struct bytes b = { 0 };
+  const uint64_t G = UINT64_C(1) << 30;
+  run_extended = true;
+
+  /* A READ in two chunks, a 6 GiB WRITE_ZEROES, a 6 GiB BLOCK_STATUS. */
+  int rd = add(NBD_CMD_READ, 0, 8192, 1024);
+  int wz = add(NBD_CMD_WRITE_ZEROES, 0, G, 6 * G);
+  int bs = add(NBD_CMD_BLOCK_STATUS, 0, G, 6 * G);
+  int wr = add(NBD_CMD_WRITE, 0, 0, 512);
+  xhdr(&b, 0, NBD_REPLY_TYPE_OFFSET_DATA, cookie(rd), 8192, 8 + 512);
+  b_u64(&b, 8192);
+  for (int i = 0; i < 512; i++)
+    b_u8(&b, pat(8192 + (uint64_t)i));
+  xhdr(&b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_HOLE, cookie(rd), 8192, 12);
+  b_u64(&b, 8192 + 512);
+  b_u32(&b, 512);
+  xnone(&b, cookie(wz), G);
+  xhdr(&b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS_EXT, cookie(bs), G, 8 + 32);
+  b_u32(&b, 42);
+  b_u32(&b, 2);
+  b_u64(&b, 5 * G);
+  b_u64(&b, NBD_STATE_HOLE | NBD_STATE_ZERO);
+  b_u64(&b, 4 * G);
+  b_u64(&b, 0);
+  xnone(&b, cookie(wr), 0);
+  run(true, &b);
+  CHECK(recs[rd].err == 0 && bufs[rd][0] == pat(8192) && bufs[rd][600] == 0, "ext: READ from data and hole chunks");
+  CHECK_EQ(recs[wz].err, 0, "ext: 6 GiB WRITE_ZEROES acknowledged by one reply");
+  CHECK(recs[bs].err == 0 && recs[bs].n_ext == 2 && recs[bs].ext[0].length == 5 * G &&
+        recs[bs].ext[1].length == G && recs[bs].ext[0].flags == 3,
+        "ext: BLOCK_STATUS_EXT with a 5 GiB extent, the last clamped to the request");
+  CHECK_EQ(recs[wr].err, 0, "ext: WRITE acknowledged");
+  check_once("ext: mixed commands");
+
+  /* Compact block status in extended mode fails the request only. */
+  b_reset(&b);
+  bs = add(NBD_CMD_BLOCK_STATUS, 0, 0, 4096);
+  int fl = add(NBD_CMD_FLUSH, 0, 0, 0);
+  xhdr(&b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, cookie(bs), 0, 12);
+  b_u32(&b, 42);
+  b_u32(&b, 4096);
+  b_u32(&b, 0);
+  xnone(&b, cookie(fl), 0);
+  run(true, &b);
+  CHECK(recs[bs].err == EIO && recs[bs].ext_calls == 0 && recs[fl].err == 0,
+        "ext: compact BLOCK_STATUS chunk fails its request, the stream goes on");
+  check_once("ext: compact block status");
+
+  /* BLOCK_STATUS_EXT whose count does not match, or with a zero extent. */
+  for (int variant = 0; variant < 3; variant++) {
+    b_reset(&b);
+    bs = add(NBD_CMD_BLOCK_STATUS, 0, 0, 4096);
+    fl = add(NBD_CMD_FLUSH, 0, 0, 0);
+    xhdr(&b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS_EXT, cookie(bs), 0, 8 + 16);
+    b_u32(&b, 42);
+    b_u32(&b, variant == 0 ? 2 : variant == 1 ? 0 : 1);
+    b_u64(&b, variant == 2 ? 0 : 4096);
+    b_u64(&b, 0);
+    xnone(&b, cookie(fl), 0);
+    run(true, &b);
+    CHECK(recs[bs].err == EIO && recs[bs].ext_calls == 0 && recs[fl].err == 0,
+          "ext: BLOCK_STATUS_EXT %s fails its request only",
+          variant == 0 ? "with too many descriptors counted" : variant == 1 ? "with zero descriptors"
+                                                                    : "with a zero-length extent");
+    check_once("ext: bad BLOCK_STATUS_EXT");
+  }
+
+  /* Violations that lose the connection: every command fails once. */
+  const char *what[] = { "simple reply", "structured chunk", "wrong offset", "2^32 length",
+                         "huge length for an unknown cookie" };
+  for (int v = 0; v < 5; v++) {
+    b_reset(&b);
+    fl = add(NBD_CMD_FLUSH, 0, 0, 0);
+    int tr = add(NBD_CMD_TRIM, 0, 4096, 8 * G);
+    if (v == 0)
+      simple(&b, 0, cookie(fl));
+    else if (v == 1)
+      none_done(&b, cookie(fl));
+    else if (v == 2)
+      xnone(&b, cookie(tr), 0);
+    else if (v == 3)
+      xhdr(&b, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, cookie(tr), 4096, UINT64_C(1) << 32);
+    else
+      xhdr(&b, 0, NBD_REPLY_TYPE_OFFSET_DATA, cookie(99), 0, UINT64_C(1) << 33);
+    xnone(&b, cookie(fl), 0);
+    xnone(&b, cookie(tr), 4096);
+    run(true, &b);
+    CHECK(recs[fl].err == EIO && recs[tr].err == EIO, "ext: %s kills the connection", what[v]);
+    check_once(what[v]);
+  }
+  run_extended = false;
+  b_free(&b);
+}
+
 int main(void)
 {
   test_simple();
@@ -826,6 +943,7 @@ int main(void)
   test_block_status();
   test_shutdown();
   test_many();
+  test_extended();
   for (int k = 0; k < MAXCMD; k++)
     free(bufs[k]);
   return done_testing();

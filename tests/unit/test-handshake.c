@@ -885,6 +885,146 @@ static void test_tls(void)
   b_free(&b);
 }
 
+
+/* Extended headers: preferred when asked for and offered, refused means
+ * structured replies, and a server that demands them gets them. */
+static const struct nbd_hs_opts OPTS_EXT = { .export_name = "disk", .structured = true, .extended = true,
+                                             .block_status = true };
+
+static void go_ok(struct bytes *b)
+{
+  info_bs(b, NBD_OPT_GO, 512, 4096, 32 << 20);
+  info_str(b, NBD_OPT_GO, NBD_INFO_NAME, "canonical/disk");
+  info_export(b, NBD_OPT_GO, UINT64_C(8) << 30, NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_WRITE_ZEROES);
+  ack(b, NBD_OPT_GO);
+}
+
+static void test_extended(void)
+{
+  struct bytes b = { 0 };
+  struct nbd_session s;
+  size_t left;
+
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+  ack(&b, NBD_OPT_EXTENDED_HEADERS);
+  meta(&b, 9, "base:allocation");
+  ack(&b, NBD_OPT_SET_META_CONTEXT);
+  go_ok(&b);
+  int r = nego(&b, &OPTS_EXT, &s, &left);
+  CHECK(r == 0 && s.extended && s.structured && s.used_go, "EXTENDED_HEADERS ACK: extended (and structured)");
+  CHECK(s.have_base_alloc && s.base_alloc_id == 9, "extended: base:allocation selected");
+  CHECK_STR(s.info.name, "canonical/disk", "extended: canonical name from NBD_INFO_NAME kept");
+  CHECK_EQ(left, 0, "extended: no STRUCTURED_REPLY sent after the ACK");
+  nbd_session_free(&s);
+
+  /* Not asked for: the old sequence, even against a server that has them. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  sr_meta(&b, 1);
+  go_ok(&b);
+  r = nego(&b, &OPTS_FULL, &s, &left);
+  CHECK(r == 0 && !s.extended && s.structured && left == 0, "extended not asked for: structured replies");
+  nbd_session_free(&s);
+
+  /* Refused: structured replies instead. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  errrep(&b, NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_UNSUP, "what?");
+  sr_meta(&b, 1);
+  go_ok(&b);
+  r = nego(&b, &OPTS_EXT, &s, &left);
+  CHECK(r == 0 && !s.extended && s.structured && s.have_base_alloc && left == 0,
+        "EXTENDED_HEADERS UNSUP: falls back to STRUCTURED_REPLY");
+  nbd_session_free(&s);
+
+  /* Both refused: simple replies. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  errrep(&b, NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_UNSUP, "");
+  errrep(&b, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_UNSUP, "");
+  go_ok(&b);
+  r = nego(&b, &OPTS_EXT, &s, &left);
+  CHECK(r == 0 && !s.extended && !s.structured && left == 0, "both refused: simple replies");
+  nbd_session_free(&s);
+
+  /* A reply that is neither ACK nor an error. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  meta(&b, 1, "base:allocation");
+  r = nego(&b, &OPTS_EXT, &s, NULL);
+  CHECK_EQ(r, -EPROTO, "META_CONTEXT reply to EXTENDED_HEADERS is a violation");
+
+  /* EXT_HEADER_REQD on GO: negotiate them, then meta context and GO again. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  errrep(&b, NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_UNSUP, "not yet");
+  sr_meta(&b, 1);
+  errrep(&b, NBD_OPT_GO, NBD_REP_ERR_EXT_HEADER_REQD, "extended headers required");
+  ack(&b, NBD_OPT_EXTENDED_HEADERS);
+  meta(&b, 2, "base:allocation");
+  ack(&b, NBD_OPT_SET_META_CONTEXT);
+  go_ok(&b);
+  r = nego(&b, &OPTS_EXT, &s, &left);
+  CHECK(r == 0 && s.extended && s.have_base_alloc && s.base_alloc_id == 2 && left == 0,
+        "EXT_HEADER_REQD on GO: extended headers, context selected again, GO again");
+  nbd_session_free(&s);
+
+  /* EXT_HEADER_REQD on SET_META_CONTEXT. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  errrep(&b, NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_UNSUP, "");
+  ack(&b, NBD_OPT_STRUCTURED_REPLY);
+  errrep(&b, NBD_OPT_SET_META_CONTEXT, NBD_REP_ERR_EXT_HEADER_REQD, "");
+  ack(&b, NBD_OPT_EXTENDED_HEADERS);
+  meta(&b, 3, "base:allocation");
+  ack(&b, NBD_OPT_SET_META_CONTEXT);
+  go_ok(&b);
+  r = nego(&b, &OPTS_EXT, &s, &left);
+  CHECK(r == 0 && s.extended && s.have_base_alloc && s.base_alloc_id == 3 && left == 0,
+        "EXT_HEADER_REQD on SET_META_CONTEXT: extended headers, then the context");
+  nbd_session_free(&s);
+
+  /* Demanded but refused. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  errrep(&b, NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_UNSUP, "");
+  sr_meta(&b, 1);
+  errrep(&b, NBD_OPT_GO, NBD_REP_ERR_EXT_HEADER_REQD, "");
+  errrep(&b, NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_POLICY, "");
+  r = nego(&b, &OPTS_EXT, &s, NULL);
+  CHECK(r == -ENOTSUP && one_line(), "EXT_HEADER_REQD, then EXTENDED_HEADERS refused: -ENOTSUP");
+
+  /* Demanded while in use: the server contradicts itself. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  ack(&b, NBD_OPT_EXTENDED_HEADERS);
+  meta(&b, 1, "base:allocation");
+  ack(&b, NBD_OPT_SET_META_CONTEXT);
+  errrep(&b, NBD_OPT_GO, NBD_REP_ERR_EXT_HEADER_REQD, "");
+  r = nego(&b, &OPTS_EXT, &s, NULL);
+  CHECK_EQ(r, -EPROTO, "EXT_HEADER_REQD with extended headers in use is a violation");
+
+  /* Demanded from a client not asking for them. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  sr_meta(&b, 1);
+  errrep(&b, NBD_OPT_GO, NBD_REP_ERR_EXT_HEADER_REQD, "");
+  r = nego(&b, &OPTS_FULL, &s, NULL);
+  CHECK(r == -ENOTSUP && one_line(), "EXT_HEADER_REQD when not asked to use them: -ENOTSUP");
+
+  /* GO unknown after extended headers: EXPORT_NAME is forbidden then. */
+  b_reset(&b);
+  newstyle(&b, NBD_FLAG_FIXED_NEWSTYLE);
+  ack(&b, NBD_OPT_EXTENDED_HEADERS);
+  ack(&b, NBD_OPT_SET_META_CONTEXT);
+  errrep(&b, NBD_OPT_GO, NBD_REP_ERR_UNSUP, "");
+  b_u64(&b, 4096);
+  b_u16(&b, 1);
+  r = nego(&b, &OPTS_EXT, &s, NULL);
+  CHECK_EQ(r, -EPROTO, "GO UNSUP with extended headers: no EXPORT_NAME fallback");
+  b_free(&b);
+}
+
 int main(void)
 {
   test_go();
@@ -893,5 +1033,6 @@ int main(void)
   test_truncation();
   test_list();
   test_tls();
+  test_extended();
   return done_testing();
 }

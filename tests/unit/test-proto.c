@@ -266,15 +266,15 @@ static void test_reply_header(void)
 {
   uint8_t m[4];
   nbd_put32(m, NBD_SIMPLE_REPLY_MAGIC);
-  CHECK_EQ(nbd_reply_header_len(m, false), 16, "simple reply, SR off");
-  CHECK_EQ(nbd_reply_header_len(m, true), 16, "simple reply, SR on");
+  CHECK_EQ(nbd_reply_header_len(m, NBD_REPLIES_SIMPLE), 16, "simple reply, SR off");
+  CHECK_EQ(nbd_reply_header_len(m, NBD_REPLIES_STRUCTURED), 16, "simple reply, SR on");
   nbd_put32(m, NBD_STRUCTURED_REPLY_MAGIC);
-  CHECK_EQ(nbd_reply_header_len(m, true), 20, "chunk, SR on");
-  CHECK_EQ(nbd_reply_header_len(m, false), 0, "chunk while SR off is a violation");
+  CHECK_EQ(nbd_reply_header_len(m, NBD_REPLIES_STRUCTURED), 20, "chunk, SR on");
+  CHECK_EQ(nbd_reply_header_len(m, NBD_REPLIES_SIMPLE), 0, "chunk while SR off is a violation");
   static const uint32_t badm[] = { 0x12560953, 0x96744668, 0x25609514, 0x6e8a278c, NBD_REQUEST_MAGIC, 0 };
   for (unsigned i = 0; i < sizeof badm / sizeof badm[0]; i++) {
     nbd_put32(m, badm[i]);
-    CHECK(nbd_reply_header_len(m, true) == 0 && nbd_reply_header_len(m, false) == 0,
+    CHECK(nbd_reply_header_len(m, NBD_REPLIES_STRUCTURED) == 0 && nbd_reply_header_len(m, NBD_REPLIES_SIMPLE) == 0,
           "magic 0x%08x is rejected", badm[i]);
   }
 
@@ -835,6 +835,155 @@ static void test_sanitize(void)
   CHECK(z == 'Z', "outlen 0 writes nothing");
 }
 
+
+/* ---- extended headers ---- */
+
+static void test_ext_request(void)
+{
+  uint8_t out[NBD_EXT_REQUEST_LEN];
+  struct nbd_request rq = { .flags = NBD_CMD_FLAG_NO_HOLE, .type = NBD_CMD_WRITE_ZEROES,
+                            .cookie = UINT64_C(0x0102030405060708), .offset = UINT64_C(1) << 40,
+                            .count = UINT64_C(6) << 30 };
+  nbd_encode_ext_request(out, &rq);
+  CHECK_EQ(nbd_get32(out), NBD_EXTENDED_REQUEST_MAGIC, "ext request: magic");
+  CHECK_EQ(nbd_get16(out + 4), NBD_CMD_FLAG_NO_HOLE, "ext request: flags as given (no payload)");
+  CHECK_EQ(nbd_get16(out + 6), NBD_CMD_WRITE_ZEROES, "ext request: type");
+  CHECK(nbd_get64(out + 8) == rq.cookie && nbd_get64(out + 16) == rq.offset, "ext request: cookie, offset");
+  CHECK(nbd_get64(out + 24) == UINT64_C(6) << 30, "ext request: 64-bit effect length (6 GiB)");
+  rq = (struct nbd_request){ .flags = NBD_CMD_FLAG_FUA, .type = NBD_CMD_WRITE, .count = 512 };
+  nbd_encode_ext_request(out, &rq);
+  CHECK_EQ(nbd_get16(out + 4), NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_PAYLOAD_LEN,
+           "ext request: WRITE carries PAYLOAD_LEN");
+  CHECK(nbd_get64(out + 24) == 512, "ext request: WRITE length is its payload");
+  rq = (struct nbd_request){ .type = NBD_CMD_READ, .count = 4096 };
+  nbd_encode_ext_request(out, &rq);
+  CHECK_EQ(nbd_get16(out + 4), 0, "ext request: READ has no PAYLOAD_LEN");
+}
+
+static void ext_hdr(uint8_t *p, uint16_t flags, uint16_t type, uint64_t cookie, uint64_t off,
+                    uint64_t len)
+{
+  nbd_put32(p, NBD_EXTENDED_REPLY_MAGIC);
+  nbd_put16(p + 4, flags);
+  nbd_put16(p + 6, type);
+  nbd_put64(p + 8, cookie);
+  nbd_put64(p + 16, off);
+  nbd_put64(p + 24, len);
+}
+
+static void test_ext_reply(void)
+{
+  uint8_t m[4];
+  nbd_put32(m, NBD_EXTENDED_REPLY_MAGIC);
+  CHECK_EQ(nbd_reply_header_len(m, NBD_REPLIES_EXTENDED), 32, "extended chunk in extended mode: 32 bytes");
+  CHECK(nbd_reply_header_len(m, NBD_REPLIES_STRUCTURED) == 0 && nbd_reply_header_len(m, NBD_REPLIES_SIMPLE) == 0,
+        "extended chunk without negotiation is a violation");
+  nbd_put32(m, NBD_SIMPLE_REPLY_MAGIC);
+  CHECK_EQ(nbd_reply_header_len(m, NBD_REPLIES_EXTENDED), 0, "simple reply in extended mode is a violation");
+  nbd_put32(m, NBD_STRUCTURED_REPLY_MAGIC);
+  CHECK_EQ(nbd_reply_header_len(m, NBD_REPLIES_EXTENDED), 0, "structured chunk in extended mode is a violation");
+
+  uint8_t h[32];
+  struct nbd_reply r;
+  ext_hdr(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, 77, 4096, 520);
+  nbd_decode_reply(h, &r);
+  CHECK(r.structured && r.extended && r.flags == NBD_REPLY_FLAG_DONE && r.type == NBD_REPLY_TYPE_OFFSET_DATA,
+        "ext reply: decoded as an extended chunk");
+  CHECK(r.cookie == 77 && r.offset == 4096 && r.length == 520 && r.length64 == 520, "ext reply: fields");
+  CHECK_EQ(nbd_check_ext_reply(&r, 4096), NBD_OK, "ext reply: offset of the request");
+  CHECK_EQ(nbd_check_ext_reply(&r, 0), NBD_KILL, "ext reply: another offset kills");
+  CHECK_EQ(nbd_check_chunk(&r, NBD_CMD_READ, 512), NBD_OK, "ext reply: OFFSET_DATA of 512 bytes to READ");
+
+  ext_hdr(h, 0, NBD_REPLY_TYPE_OFFSET_DATA, 77, 4096, UINT64_C(1) << 32);
+  nbd_decode_reply(h, &r);
+  CHECK(r.length == UINT32_MAX && r.length64 == UINT64_C(1) << 32, "ext reply: 2^32 length saturates");
+  CHECK_EQ(nbd_check_ext_reply(&r, 4096), NBD_KILL, "ext reply: length of 2^32 kills");
+  CHECK_EQ(nbd_check_chunk(&r, NBD_CMD_READ, 512), NBD_KILL, "ext reply: saturated length fails every cap");
+  ext_hdr(h, 0, NBD_REPLY_TYPE_NONE, 77, 0, UINT64_MAX);
+  nbd_decode_reply(h, &r);
+  CHECK_EQ(nbd_check_ext_reply(&r, 0), NBD_KILL, "ext reply: length 2^64-1 kills");
+
+  /* Block status chunk kinds must match the headers. */
+  ext_hdr(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS_EXT, 1, 0, 24);
+  nbd_decode_reply(h, &r);
+  CHECK_EQ(nbd_check_chunk(&r, NBD_CMD_BLOCK_STATUS, UINT64_C(6) << 30), NBD_OK, "BLOCK_STATUS_EXT in extended mode");
+  CHECK_EQ(nbd_check_chunk(&r, NBD_CMD_READ, 512), NBD_FAIL, "BLOCK_STATUS_EXT to READ fails the read");
+  ext_hdr(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS_EXT, 1, 0, (UINT64_C(16) << 20) + 24);
+  nbd_decode_reply(h, &r);
+  CHECK_EQ(nbd_check_chunk(&r, NBD_CMD_BLOCK_STATUS, 1024), NBD_KILL, "BLOCK_STATUS_EXT over the cap kills");
+  ext_hdr(h, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_BLOCK_STATUS, 1, 0, 12);
+  nbd_decode_reply(h, &r);
+  CHECK_EQ(nbd_check_chunk(&r, NBD_CMD_BLOCK_STATUS, 1024), NBD_FAIL, "compact BLOCK_STATUS in extended mode fails");
+  uint8_t c[20];
+  nbd_put32(c, NBD_STRUCTURED_REPLY_MAGIC);
+  nbd_put16(c + 4, NBD_REPLY_FLAG_DONE);
+  nbd_put16(c + 6, NBD_REPLY_TYPE_BLOCK_STATUS_EXT);
+  nbd_put64(c + 8, 1);
+  nbd_put32(c + 16, 24);
+  nbd_decode_reply(c, &r);
+  CHECK(!r.extended, "structured chunk: not extended");
+  CHECK_EQ(nbd_check_ext_reply(&r, 99), NBD_OK, "structured chunk: no extended fields to check");
+  CHECK_EQ(nbd_check_chunk(&r, NBD_CMD_BLOCK_STATUS, 1024), NBD_KILL,
+           "BLOCK_STATUS_EXT without extended headers kills (an unknown type there)");
+}
+
+/* Build a BLOCK_STATUS_EXT payload: ctx, count (as given), then (len, status) pairs. */
+static uint32_t bsx(uint8_t *p, uint32_t ctx, uint32_t count, unsigned n, const uint64_t *pairs)
+{
+  nbd_put32(p, ctx);
+  nbd_put32(p + 4, count);
+  for (unsigned i = 0; i < 2 * n; i++)
+    nbd_put64(p + 8 + 8 * i, pairs[i]);
+  return 8 + 16 * n;
+}
+
+static void test_block_status_ext(void)
+{
+  uint8_t p[512];
+  struct nbd_extent e[16];
+  uint32_t ctx = 0, n = 99, len;
+  const uint64_t G = UINT64_C(1) << 30;
+
+  len = bsx(p, 4, 2, 2, (const uint64_t[]){ 5 * G, 3, 2 * G, 0 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 6 * G, false, &ctx, e, 16, &n), NBD_OK, "ext: two 64-bit extents");
+  CHECK(ctx == 4 && n == 2 && e[0].length == 5 * G && e[0].flags == 3 && e[1].length == G,
+        "ext: 5 GiB hole, then the last extent clamped to the 6 GiB request");
+  len = bsx(p, 4, 1, 1, (const uint64_t[]){ UINT64_C(1) << 40, UINT64_C(0xffffffff00000001) });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 6 * G, false, &ctx, e, 16, &n), NBD_OK, "ext: one 1 TiB extent");
+  CHECK(n == 1 && e[0].length == 6 * G && e[0].flags == 1, "ext: clamped, status bits above 31 dropped");
+  len = bsx(p, 4, 3, 2, (const uint64_t[]){ 512, 0, 512, 0 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 4096, false, &ctx, e, 16, &n), NBD_FAIL,
+           "ext: descriptor count larger than the payload");
+  len = bsx(p, 4, 1, 2, (const uint64_t[]){ 512, 0, 512, 0 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 4096, false, &ctx, e, 16, &n), NBD_FAIL,
+           "ext: descriptor count smaller than the payload");
+  len = bsx(p, 4, 0, 0, NULL);
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 4096, false, &ctx, e, 16, &n), NBD_FAIL, "ext: zero descriptors");
+  CHECK_EQ(nbd_parse_block_status_ext(p, 20, 4096, false, &ctx, e, 16, &n), NBD_FAIL, "ext: length not 8+16n");
+  CHECK_EQ(nbd_parse_block_status_ext(p, 7, 4096, false, &ctx, e, 16, &n), NBD_FAIL, "ext: too short");
+  len = bsx(p, 4, 2, 2, (const uint64_t[]){ 0, 0, 512, 0 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 4096, false, &ctx, e, 16, &n), NBD_FAIL, "ext: zero-length extent");
+  len = bsx(p, 4, 2, 2, (const uint64_t[]){ UINT64_MAX, 0, 2, 0 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 4096, false, &ctx, e, 16, &n), NBD_FAIL,
+           "ext: extents after one that covered the request (no 64-bit wrap)");
+  len = bsx(p, 4, 2, 2, (const uint64_t[]){ UINT64_MAX - 510, 0, 1024, 0 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, UINT64_MAX - 1, false, &ctx, e, 16, &n), NBD_OK,
+           "ext: sums near 2^64 clamp instead of wrapping");
+  CHECK(n == 2 && e[0].length + e[1].length == UINT64_MAX - 1, "ext: clamped to the request exactly");
+  len = bsx(p, 4, 2, 2, (const uint64_t[]){ 512, 0, 512, 0 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 4096, true, &ctx, e, 16, &n), NBD_FAIL, "ext: REQ_ONE, two extents");
+  len = bsx(p, 4, 1, 1, (const uint64_t[]){ 8192, 0 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 4096, true, &ctx, e, 16, &n), NBD_FAIL,
+           "ext: REQ_ONE, extent longer than the request");
+  len = bsx(p, 4, 1, 1, (const uint64_t[]){ 4096, 2 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 4096, true, &ctx, e, 16, &n), NBD_OK, "ext: REQ_ONE, one extent");
+  len = bsx(p, 4, 20, 20, (const uint64_t[40]){ 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0,
+                                                  1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0 });
+  CHECK_EQ(nbd_parse_block_status_ext(p, len, 4096, false, &ctx, e, 16, &n), NBD_OK,
+           "ext: more extents than the output holds");
+  CHECK_EQ(n, 16, "ext: only max_out stored");
+}
+
 int main(void)
 {
   test_endian();
@@ -852,5 +1001,8 @@ int main(void)
   test_block_status();
   test_errno();
   test_sanitize();
+  test_ext_request();
+  test_ext_reply();
+  test_block_status_ext();
   return done_testing();
 }
