@@ -1,6 +1,9 @@
 /* names.c: the reversible export-name escaping described in names.h. */
 #include "names.h"
 
+#include <errno.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -13,32 +16,40 @@ static bool needs_escape(unsigned char c)
   return c == '%' || c == '/' || c < 0x20 || c == 0x7f;
 }
 
-/* FNV-1a: a stable 64-bit digest of an export name. */
-static uint64_t digest(const char *s)
+/* SHA-256: a hostile server can search for FNV collisions in seconds,
+ * not for collisions of a cryptographic digest (and the mount still checks
+ * its table: see name_unique). */
+void name_digest_sha256(const char *s, unsigned char out[NAME_DIGEST_LEN])
 {
-  uint64_t h = UINT64_C(0xcbf29ce484222325);
-  for (; *s; s++) {
-    h ^= (unsigned char)*s;
-    h *= UINT64_C(0x100000001b3);
-  }
-  return h;
+  if (gnutls_hash_fast(GNUTLS_DIG_SHA256, s, strlen(s), out) < 0)
+    memset(out, 0, NAME_DIGEST_LEN); /* cannot fail for SHA-256; and name_unique still checks */
 }
 
 /* A file name may hold NAME_MAX bytes.  A longer escaped name keeps its
  * first bytes (cut before an escape or a UTF-8 sequence, never inside)
- * followed by "%~" and a digest of the whole export name: canonical
- * escaping never writes "%~", so these names cannot collide with others. */
-static char *shorten(char *name, const char *export)
+ * followed by "%~" and hexdigits hex digits of the export name's digest.
+ * Canonical escaping never writes "%~" and hex digits never hold '%', so
+ * the suffix's length tells the digest's: names of different lengths of
+ * digest never collide, nor do shortened and plain names. */
+static char *shorten(char *name, const char *export, unsigned hexdigits, name_digest_fn digest)
 {
-  size_t keep = NAME_MAX - 2 - 16;
+  size_t keep = NAME_MAX - 2 - hexdigits;
   while (keep > 0 && ((name[keep] & 0xc0) == 0x80 || name[keep - 1] == '%' ||
                       (keep > 1 && name[keep - 2] == '%')))
     keep--;
-  snprintf(name + keep, 2 + 16 + 1, "%%~%016llx", (unsigned long long)digest(export));
+  unsigned char d[NAME_DIGEST_LEN];
+  digest(export, d);
+  char *o = name + keep;
+  *o++ = '%';
+  *o++ = '~';
+  for (unsigned i = 0; i < hexdigits / 2; i++)
+    o += sprintf(o, "%02x", d[i]);
+  *o = '\0';
   return name;
 }
 
-char *name_from_export(const char *export, const char *default_name)
+char *name_from_export_try(const char *export, const char *default_name, int attempt,
+                           name_digest_fn digest)
 {
   if (!export[0])
     return strdup(default_name);
@@ -57,7 +68,27 @@ char *name_from_export(const char *export, const char *default_name)
       out[o++] = (char)c;
   }
   out[o] = '\0';
-  return o > NAME_MAX ? shorten(out, export) : out;
+  if (o <= NAME_MAX)
+    return out;
+  return shorten(out, export, 16 * (unsigned)(attempt + 1), digest ? digest : name_digest_sha256);
+}
+
+char *name_unique(const char *export, const char *default_name, name_digest_fn digest,
+                  bool (*taken)(const char *name, void *arg), void *arg)
+{
+  for (int a = 0; a < NAME_ATTEMPTS; a++) {
+    char *name = name_from_export_try(export, default_name, a, digest);
+    if (!name || !taken(name, arg))
+      return name;
+    free(name);
+  }
+  errno = EEXIST;
+  return NULL;
+}
+
+char *name_from_export(const char *export, const char *default_name)
+{
+  return name_from_export_try(export, default_name, 0, NULL);
 }
 
 static int hex(char c)

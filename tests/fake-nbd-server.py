@@ -7,6 +7,7 @@ LIST, ABORT) and serves an in-memory export, then misbehaves as --scenario says,
 in ways real servers never do.  Standard library only.
 
   fake-nbd-server.py --socket PATH [--scenario NAME] [--size BYTES] [--no-sr]
+                     [--extended off|on|required|late] [--refuse-big EINVAL|EOVERFLOW]
                      [--export NAME] [--bad-offset BYTES] [--log FILE]
   fake-nbd-server.py --print-pattern OFFSET LENGTH   (the export's initial bytes)
 
@@ -18,6 +19,8 @@ Handshake scenarios (the client must fail to mount, with one line of error):
   ack-without-export     GO acknowledged without NBD_INFO_EXPORT
   handshake-eof          the connection closes right after the greeting
   handshake-stall        greeting, then silence (the client's connect timeout fires)
+  info-huge-size         NBD_OPT_INFO (not GO) reports a size of 2^64 - 4096 bytes, which
+                         is not a valid off_t (the client must not show it; GO is honest)
 Transmission scenarios (the first READ that covers byte --bad-offset, default 0,
 triggers them; other commands and other READs are served normally):
   bad-reply-magic        the reply starts with a bad magic
@@ -39,6 +42,20 @@ triggers them; other commands and other READs are served normally):
                          524288 chunks, 15 MB); without structured replies the READ
                          is served normally
   normal                 no misbehaviour
+Extended-header scenarios (with --extended on|required; the same trigger):
+  ext-simple-reply       a simple reply to that READ (forbidden: KILL)
+  ext-structured-chunk   a compact structured chunk header (forbidden: KILL)
+  ext-wrong-offset       an extended chunk whose offset is not the request's (KILL)
+  ext-huge-length        an extended chunk header with a 2^32 + 8 length (KILL)
+
+Extended headers (--extended): off (default) refuses NBD_OPT_EXTENDED_HEADERS
+with UNSUP; on accepts it (32-byte requests and replies, BLOCK_STATUS_EXT);
+required answers SET_META_CONTEXT, INFO and GO with NBD_REP_ERR_EXT_HEADER_REQD
+until it was negotiated; late is required, but refuses the first
+NBD_OPT_EXTENDED_HEADERS (so that a client asking first still meets
+NBD_REP_ERR_EXT_HEADER_REQD).  Every TRIM, WRITE_ZEROES and BLOCK_STATUS is logged
+as "CMD NAME OFFSET+COUNT".  --refuse-big ERR answers TRIM and WRITE_ZEROES
+longer than the maximum block size (1 MiB) with that error, as the spec allows.
 
 Export lists (--list MODE; every listed export serves the same disk):
   single (default)       just --export
@@ -56,6 +73,11 @@ Block status (--block-status MODE, on every BLOCK_STATUS, any scenario):
   error                  an error chunk (EIO)
   none                   no status chunk at all, just NONE+DONE
   two-chunks             two status chunks for the same context
+  ext-count-mismatch     (extended) BLOCK_STATUS_EXT whose descriptor count says
+                         one more than it carries
+  ext-zero-count         (extended) BLOCK_STATUS_EXT with no descriptors
+  ext-compact            (extended) a compact BLOCK_STATUS chunk
+  ext-huge               (extended) one extent of 2^63 bytes (must be clamped)
 
 Every event is logged (stderr, or --log) as one line.
 """
@@ -70,26 +92,33 @@ NBDMAGIC = 0x4E42444D41474943
 IHAVEOPT = 0x49484156454F5054
 REPMAGIC = 0x0003E889045565A9
 REQMAGIC = 0x25609513
+EXT_REQMAGIC = 0x21E41C71
+EXT_REPLY = 0x6E8A278C
 SIMPLE = 0x67446698
 CHUNK = 0x668E33EF
 
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO = 1, 2, 3, 5, 6, 7
-OPT_STRUCTURED_REPLY, OPT_LIST_META, OPT_SET_META = 8, 9, 10
+OPT_STRUCTURED_REPLY, OPT_LIST_META, OPT_SET_META, OPT_EXTENDED_HEADERS = 8, 9, 10, 11
+ERR_EXT_HEADER_REQD = 0x8000000A
+F_PAYLOAD_LEN = 0x20
 REP_ACK, REP_SERVER, REP_INFO, REP_META = 1, 2, 3, 4
 ERR_UNSUP, ERR_POLICY, ERR_INVALID, ERR_UNKNOWN = 0x80000001, 0x80000002, 0x80000003, 0x80000006
 INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = range(8)
-T_NONE, T_DATA, T_HOLE, T_BS, T_ERROR = 0, 1, 2, 5, 0x8001
+T_NONE, T_DATA, T_HOLE, T_BS, T_BS_EXT, T_ERROR = 0, 1, 2, 5, 6, 0x8001
 DONE = 1
 F_HAS_FLAGS, F_SEND_FLUSH, F_SEND_FUA, F_SEND_TRIM, F_SEND_WRITE_ZEROES = 1, 4, 8, 0x20, 0x40
-EIO, EINVAL, ENOSPC = 5, 22, 28
+EIO, EINVAL, ENOSPC, EOVERFLOW = 5, 22, 28, 75
+MAX_BLOCK = 1 << 20
 BASE_ALLOC_ID = 1
 
 HANDSHAKE_SCENARIOS = {"unknown-export", "oversized-option-reply", "bad-greeting", "ack-without-export",
-                       "handshake-eof", "handshake-stall"}
+                       "handshake-eof", "handshake-stall", "info-huge-size"}
 TRANSMISSION_SCENARIOS = {"bad-reply-magic", "wrong-cookie", "chunk-out-of-range", "error-chunk",
                           "huge-chunk", "unknown-chunk-type", "close-mid-reply", "stall",
-                          "garbage-after-ack", "stray-chunk", "duplicate-reply", "tiny-chunks", "normal"}
+                          "garbage-after-ack", "stray-chunk", "duplicate-reply", "tiny-chunks", "normal",
+                          "ext-simple-reply", "ext-structured-chunk", "ext-wrong-offset", "ext-huge-length"}
+CMD_NAMES = {CMD_TRIM: "TRIM", CMD_WRITE_ZEROES: "WRITE_ZEROES", CMD_BLOCK_STATUS: "BLOCK_STATUS"}
 
 
 HOSTILE_NAMES = [b"", b"disk", b"/", b"..", b".", b"a/b", b"../x", b"\x1b[2Jevil\x07", b"%41", b"default",
@@ -156,6 +185,8 @@ class Conn:
         self.srv, self.args, self.disk = srv, srv.args, srv.disk
         self.r, self.w, self.n = reader, writer, n
         self.structured = False
+        self.extended = False
+        self.req_off = 0  # the offset of the request being answered (extended replies carry it)
 
     def log(self, msg):
         self.srv.log("[%d] %s" % (self.n, msg))
@@ -193,7 +224,7 @@ class Conn:
             await self.stall()
         cflags = struct.unpack(">I", await self.read(4))[0]
         no_zeroes = bool(cflags & 2)
-        self.structured = False
+        self.structured = self.extended = False
         while True:
             magic, opt, length = struct.unpack(">QII", await self.read(16))
             if magic != IHAVEOPT:
@@ -221,6 +252,20 @@ class Conn:
                 for name in self.exports():
                     await self.reply(opt, REP_SERVER, struct.pack(">I", len(name)) + name + b"listed")
                 await self.reply(opt, REP_ACK)
+            elif opt == OPT_EXTENDED_HEADERS:
+                late = self.args.extended == "late" and not getattr(self, "refused_once", False)
+                if self.args.extended == "off" or late:
+                    self.refused_once = True
+                    await self.reply(opt, ERR_UNSUP)
+                elif self.extended:
+                    await self.reply(opt, ERR_INVALID)
+                else:
+                    self.extended = self.structured = True
+                    await self.reply(opt, REP_ACK)
+            elif opt in (OPT_SET_META, OPT_INFO, OPT_GO) and self.args.extended in ("required", "late") \
+                    and not self.extended:
+                self.log("option %d refused: extended headers required" % opt)
+                await self.reply(opt, ERR_EXT_HEADER_REQD, b"extended headers required")
             elif opt == OPT_STRUCTURED_REPLY:
                 if self.args.no_sr:
                     await self.reply(opt, ERR_UNSUP)
@@ -251,9 +296,14 @@ class Conn:
                     self.log("%s for unknown export %r" % ("GO" if opt == OPT_GO else "INFO", name))
                     await self.reply(opt, ERR_UNKNOWN, b"no such export")
                     continue
-                if sc != "ack-without-export":
+                if sc == "info-huge-size" and opt == OPT_INFO:
+                    self.log("INFO for %r: size 2^64 - 4096" % name)
+                    await self.reply(opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, (1 << 64) - 4096, self.tflags()))
+                elif sc != "ack-without-export":
                     await self.reply(opt, REP_INFO, struct.pack(">HQH", INFO_EXPORT, len(self.disk), self.tflags()))
                 await self.reply(opt, REP_INFO, struct.pack(">HIII", INFO_BLOCK_SIZE, 1, 4096, 1 << 20))
+                if name:  # the canonical name (NBD_INFO_NAME) of a named export
+                    await self.reply(opt, REP_INFO, struct.pack(">H", INFO_NAME) + name)
                 await self.reply(opt, REP_ACK)
                 if opt == OPT_GO:
                     if sc == "ack-without-export":
@@ -274,16 +324,31 @@ class Conn:
     # ---- transmission ----
 
     async def transmission(self):
-        self.log("transmission (structured replies %s)" % ("on" if self.structured else "off"))
+        self.log("transmission (structured replies %s, extended headers %s)"
+                 % ("on" if self.structured else "off", "on" if self.extended else "off"))
         if self.args.scenario == "garbage-after-ack":
             self.log("sending 124 zero bytes after the ACK")
             await self.send(b"\0" * 124)
         while True:
-            magic, flags, typ, cookie, off, count = struct.unpack(">IHHQQI", await self.read(28))
-            if magic != REQMAGIC:
+            if self.extended:
+                magic, flags, typ, cookie, off, count = struct.unpack(">IHHQQQ", await self.read(32))
+                want = EXT_REQMAGIC
+            else:
+                magic, flags, typ, cookie, off, count = struct.unpack(">IHHQQI", await self.read(28))
+                want = REQMAGIC
+            if magic != want:
                 self.log("bad request magic 0x%08x" % magic)
                 raise Hangup()
+            if self.extended and bool(flags & F_PAYLOAD_LEN) != (typ == CMD_WRITE):
+                self.log("PAYLOAD_LEN flag wrong for command %d" % typ)
+                raise Hangup()
+            if self.extended and typ == CMD_WRITE and count > 32 << 20:
+                self.log("oversized WRITE payload %d" % count)
+                raise Hangup()
             payload = await self.read(count) if typ == CMD_WRITE else b""
+            self.req_off = off
+            if typ in CMD_NAMES:
+                self.log("CMD %s %d+%d" % (CMD_NAMES[typ], off, count))
             if typ == CMD_DISC:
                 self.log("DISC")
                 raise Hangup()
@@ -299,7 +364,11 @@ class Conn:
         await self.send(struct.pack(">IIQ", SIMPLE, error, cookie) + data)
 
     async def chunk(self, cookie, typ, payload, flags=DONE):
-        await self.send(struct.pack(">IHHQI", CHUNK, flags, typ, cookie, len(payload)) + payload)
+        if self.extended:
+            hdr = struct.pack(">IHHQQQ", EXT_REPLY, flags, typ, cookie, self.req_off, len(payload))
+        else:
+            hdr = struct.pack(">IHHQI", CHUNK, flags, typ, cookie, len(payload))
+        await self.send(hdr + payload)
 
     async def serve(self, typ, flags, cookie, off, count, payload):
         end = off + count
@@ -317,6 +386,11 @@ class Conn:
             else:
                 await self.simple(cookie, 0, data)
             return
+        if typ in (CMD_TRIM, CMD_WRITE_ZEROES) and self.args.refuse_big and count > MAX_BLOCK:
+            self.log("refusing a %d-byte %s with %s" % (count, CMD_NAMES[typ], self.args.refuse_big))
+            err = EINVAL if self.args.refuse_big == "EINVAL" else EOVERFLOW
+            return await self.chunk(cookie, T_ERROR, struct.pack(">IH", err, 0)) if self.structured \
+                else await self.simple(cookie, err)
         if typ == CMD_WRITE:
             self.disk[off:end] = payload
         elif typ in (CMD_TRIM, CMD_WRITE_ZEROES):
@@ -338,6 +412,8 @@ class Conn:
         def ext(ctx, *pairs):
             return struct.pack(">I", ctx) + b"".join(struct.pack(">II", l, f) for l, f in pairs)
 
+        if self.extended:
+            return await self.block_status_ext(cookie, count, mode)
         if mode == "data":
             await self.chunk(cookie, T_BS, ext(BASE_ALLOC_ID, (count, 0)))
         elif mode == "tiny-holes":
@@ -355,6 +431,37 @@ class Conn:
         elif mode == "two-chunks":
             await self.chunk(cookie, T_BS, ext(BASE_ALLOC_ID, (count, 3)), flags=0)
             await self.chunk(cookie, T_BS, ext(BASE_ALLOC_ID, (count, 0)))
+
+    async def block_status_ext(self, cookie, count, mode):
+        def ext(ctx, pairs, n=None):
+            return (struct.pack(">II", ctx, len(pairs) if n is None else n)
+                    + b"".join(struct.pack(">QQ", l, f) for l, f in pairs))
+
+        if mode == "data":
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID, [(count, 0)]))
+        elif mode == "tiny-holes":
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID, [(min(count, 512), 3)]))
+        elif mode == "past-end":
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID, [(0xFFFFFFFF, 3)]))
+        elif mode == "ext-huge":
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID, [(1 << 63, 3)]))
+        elif mode == "zero-length":
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID, [(0, 0), (count, 0)]))
+        elif mode == "wrong-context":
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID + 98, [(count, 3)]))
+        elif mode == "ext-count-mismatch":
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID, [(count, 3)], n=2))
+        elif mode == "ext-zero-count":
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID, []))
+        elif mode == "ext-compact":
+            await self.chunk(cookie, T_BS, struct.pack(">III", BASE_ALLOC_ID, min(count, 0xFFFFFFFF), 3))
+        elif mode == "error":
+            await self.chunk(cookie, T_ERROR, struct.pack(">IH", EIO, 0))
+        elif mode == "none":
+            await self.chunk(cookie, T_NONE, b"")
+        elif mode == "two-chunks":
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID, [(count, 3)]), flags=0)
+            await self.chunk(cookie, T_BS_EXT, ext(BASE_ALLOC_ID, [(count, 0)]))
 
     async def tiny_chunks(self, cookie, off, count, batch=2048):
         """Answer READ off+count with one 1-byte OFFSET_DATA chunk per byte, the
@@ -424,6 +531,20 @@ class Conn:
                 await self.tiny_chunks(cookie, off, count)
             else:  # no chunks without structured replies
                 await self.serve(CMD_READ, 0, cookie, off, count, b"")
+        elif sc == "ext-simple-reply":
+            await self.send(struct.pack(">IIQ", SIMPLE, 0, cookie) + bytes(self.disk[off:off + count]))
+            await self.stall()
+        elif sc == "ext-structured-chunk":
+            await self.send(struct.pack(">IHHQIQ", CHUNK, DONE, T_DATA, cookie, 8 + count, off)
+                            + bytes(self.disk[off:off + count]))
+            await self.stall()
+        elif sc == "ext-wrong-offset":
+            await self.send(struct.pack(">IHHQQQQ", EXT_REPLY, DONE, T_DATA, cookie, off + 4096, 8 + count, off)
+                            + bytes(self.disk[off:off + count]))
+            await self.stall()
+        elif sc == "ext-huge-length":
+            await self.send(struct.pack(">IHHQQQQ", EXT_REPLY, DONE, T_DATA, cookie, off, (1 << 32) + 8, off))
+            await self.stall()
         elif sc in ("stall", "garbage-after-ack"):
             if sc == "stall":
                 await self.stall()
@@ -440,10 +561,14 @@ def main():
     p.add_argument("--size", type=int, default=1 << 20, help="export size (default 1 MiB)")
     p.add_argument("--export", default="", help="export name (default: the default export)")
     p.add_argument("--no-sr", action="store_true", help="refuse structured replies")
+    p.add_argument("--extended", default="off", choices=["off", "on", "required", "late"],
+                   help="extended headers: refused (default), accepted, or required")
+    p.add_argument("--refuse-big", choices=["EINVAL", "EOVERFLOW"],
+                   help="answer TRIM/WRITE_ZEROES longer than 1 MiB with this error")
     p.add_argument("--list", default="single", choices=["single", "hostile"])
     p.add_argument("--block-status", default="data",
                    choices=["data", "tiny-holes", "past-end", "zero-length", "wrong-context", "error", "none",
-                            "two-chunks"])
+                            "two-chunks", "ext-count-mismatch", "ext-zero-count", "ext-compact", "ext-huge"])
     p.add_argument("--bad-offset", type=int, default=0,
                    help="transmission scenarios trigger on the first READ covering this byte")
     p.add_argument("--oversized-opt", type=int, default=OPT_GO,

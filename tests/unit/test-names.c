@@ -1,10 +1,33 @@
 /* test-names.c: export name <-> file name escaping (src/names.c). */
+#include <errno.h>
 #include <string.h>
 
 #include "check.h"
 #include "names.h"
 
 static const char *DEF = "disk";
+
+/* A digest that collides for everything: forces the mount's duplicate check. */
+static void weak_digest(const char *s, unsigned char out[NAME_DIGEST_LEN])
+{
+  (void)s;
+  memset(out, 0xab, NAME_DIGEST_LEN);
+}
+
+/* name_unique's table: the names given so far. */
+struct taken_set {
+  char *names[8];
+  int n;
+};
+
+static bool in_set(const char *name, void *arg)
+{
+  struct taken_set *t = arg;
+  for (int i = 0; i < t->n; i++)
+    if (!strcmp(t->names[i], name))
+      return true;
+  return false;
+}
 
 /* A file name must be usable as one directory entry. */
 static bool valid_file_name(const char *f)
@@ -163,6 +186,53 @@ int main(void)
   CHECK(utf8_ok && strlen(fm) <= 255, "shortening never splits a UTF-8 sequence or an escape");
   free(fm);
   free(mid);
+
+  /* The digest is SHA-256 (a hostile server can find FNV collisions at
+   * will): sha256("/" x 4096) starts with the digits below. */
+  CHECK(f1 && !strcmp(f1 + l1 - 16, "758cb190424ffcd2"), "the shortened name ends in 16 hex digits of SHA-256 (%s)",
+        f1 ? f1 + l1 - 16 : "(null)");
+
+  /* Collisions anyway (a digest that always collides): the later export
+   * gets a longer digest, which cannot collide with the shorter one. */
+  struct taken_set ts = { .n = 0 };
+  char *u1 = name_unique(big, DEF, weak_digest, in_set, &ts);
+  ts.names[ts.n++] = u1;
+  char *u2 = name_unique(big2, DEF, weak_digest, in_set, &ts);
+  ts.names[ts.n++] = u2;
+  char *c2 = name_from_export_try(big2, DEF, 0, weak_digest);
+  CHECK(u1 && c2 && !strcmp(u1, c2), "the weak digest collides: both long names map to one name");
+  size_t lu1 = u1 ? strlen(u1) : 0, lu2 = u2 ? strlen(u2) : 0;
+  CHECK(u1 && u2 && strcmp(u1, u2) && lu2 <= 255 && lu2 > 34 && !strncmp(u2 + lu2 - 34, "%~", 2),
+        "the later export gets another name, with a 32-digit digest (%s)", u2 ? u2 + lu2 - 34 : "(null)");
+  CHECK(u1 && lu1 > 18 && !strncmp(u1 + lu1 - 18, "%~", 2), "the first keeps the 16-digit one");
+  char *big3 = strdup(big), *big4 = strdup(big);
+  big3[4094] = 'y';
+  big4[4093] = 'z';
+  char *u3 = name_unique(big3, DEF, weak_digest, in_set, &ts);
+  ts.names[ts.n++] = u3;
+  char *u4 = name_unique(big4, DEF, weak_digest, in_set, &ts);
+  ts.names[ts.n++] = u4;
+  char *big5 = strdup(big);
+  big5[4092] = 'w';
+  errno = 0;
+  char *u5 = name_unique(big5, DEF, weak_digest, in_set, &ts);
+  CHECK(u3 && u4 && !u5 && errno == EEXIST,
+        "a fifth colliding export is refused (EEXIST) once every digest length is taken");
+  CHECK(u4 && strlen(u4) <= 255, "a 64-digit digest still fits NAME_MAX (%zu bytes)", u4 ? strlen(u4) : 0);
+  char *plain = name_unique("vm-1", DEF, weak_digest, in_set, &ts);
+  CHECK_STR(plain, "vm-1", "names that need no shortening do not use the digest");
+  free(plain);
+  for (int a = 0; a < NAME_ATTEMPTS; a++) {
+    char *p = name_from_export_try("a/b", DEF, a, weak_digest);
+    CHECK_STR(p, "a%2Fb", "a plain name is the same on attempt %d", a);
+    free(p);
+  }
+  for (int i = 0; i < ts.n; i++)
+    free(ts.names[i]);
+  free(c2);
+  free(big3);
+  free(big4);
+  free(big5);
   free(f1);
   free(f1b);
   free(f2);
