@@ -20,6 +20,7 @@
 #include "handshake.h"
 #include "partition.h"
 #include "pool.h"
+#include "stats.h"
 #include "uri.h"
 
 struct fuse_session;
@@ -39,9 +40,14 @@ struct fs_perm {
   struct timespec ctime;       /* of the last change */
 };
 
-/* One export, shown as one file.  Never freed while mounted, so inode
- * numbers stay valid; an export that vanishes from the server is marked
- * gone and stops being listed. */
+/* One export, shown as one file.  Never freed while mounted, so a pointer
+ * to one stays valid memory.  An export that vanishes from the server is
+ * marked gone and stops being listed; its handles fail with EIO from then
+ * on (even if it comes back: reopen it).  Once gone and unused (no kernel
+ * lookups left, no users, no pool, no partition files), its slot and inode
+ * number may be recycled for a new export (files_lock held for writing):
+ * the kernel forgot that inode, so it cannot confuse the two, and the table
+ * holds at most as many files as were ever listed or referenced at once. */
 struct fs_file {
   char *name;                  /* file name in the directory (escaped export name) */
   char *export_name;           /* the real export name */
@@ -68,6 +74,18 @@ struct fs_file {
   bool part_alloc_known;
   bool parts_read;             /* a disk: its table was read */
   bool parts_stale;            /* a disk: the first or last MiB was written since */
+  unsigned gen;                /* bumped when it goes: handles opened before fail */
+  bool probed;                 /* details probed (NBD_OPT_GO) at probed_ms, whatever came of it */
+  uint64_t probed_ms;
+  bool info_refused;           /* the last INFO answer was invalid (logged once) */
+  /* The table's own bookkeeping (fs->files_lock). */
+  atomic_uint_least64_t nlookup; /* kernel lookups not forgotten yet */
+  int nparts;                  /* a disk: partition files naming it */
+  struct fs_file *name_next;   /* hash chains: by file name, by export name (disks only) */
+  struct fs_file *export_next;
+  char *old_name, *old_export_name; /* a recycled slot's previous names, freed one recycle later
+                                     * (a thread that walked the table may still read them) */
+  struct nbd_stats stats;      /* a disk: its requests (a partition counts into its disk's) */
 };
 
 enum fs_mode { FS_SINGLE, FS_NAKED, FS_EXPORTS };
@@ -77,6 +95,11 @@ struct fs {
   pthread_rwlock_t files_lock; /* the table grows when exports appear */
   struct fs_file **files;
   int nfiles, cap;
+  struct fs_file **by_name, **by_export; /* hash buckets (files_lock) */
+  size_t nbuckets;
+  uint64_t hash_seed;          /* random: a server cannot aim names at one bucket */
+  int *free_slots;             /* gone files that may be recyclable (files_lock) */
+  int nfree, free_cap;
   bool direct_io;
   bool readonly;               /* -r */
   uid_t uid;                   /* owner of the files (-o uid=, default: the mounting user) */
@@ -99,6 +122,7 @@ struct fs {
   bool hk_stop;
   struct hk_job *hk_jobs;
   uint64_t last_list_ms;
+  uint64_t last_info_ms;       /* the last listing that asked NBD_OPT_INFO for every export */
   /* idle pools being closed on detached closer threads */
   int closers;
   pthread_cond_t closers_cond;
@@ -123,6 +147,15 @@ int fs_file_set_pool(struct fs *fs, struct fs_file *f, struct nbd_pool *p);
 struct fs_file *fs_file_at(struct fs *fs, int i);
 struct fs_file *fs_file_by_ino(struct fs *fs, uint64_t ino);
 struct fs_file *fs_file_by_name(struct fs *fs, const char *name);
+/* fs_file_by_name for a FUSE lookup: counts one kernel reference to the
+ * file (atomically with finding it, so it cannot be recycled meanwhile).
+ * Drop it with fs_file_forget when the kernel forgets, or at once if the
+ * reply fails. */
+struct fs_file *fs_file_lookup(struct fs *fs, const char *name);
+void fs_file_forget(struct fs *fs, uint64_t ino, uint64_t nlookup);
+/* A handle's view: the generation it was opened in (fs_file_gen), and
+ * whether the file went since. */
+unsigned fs_file_gen(struct fs_file *f);
 
 /* Directory mode: list the server's exports now (at mount time).  Returns
  * 0, or a negative errno with a one-line reason in err. */
@@ -149,7 +182,8 @@ void fs_file_release(struct fs *fs, struct fs_file *f);
 struct nbd_pool *fs_file_hold(struct fs_file *f);
 /* The pool of a file acquired or held (its disk's, for a partition). */
 struct nbd_pool *fs_file_pool(struct fs_file *f);
-/* Gone: its export left the listing, or (a partition) its table entry. */
+/* Gone: its export left the listing, or (a partition) its table entry, or
+ * its disk. */
 bool fs_file_gone(struct fs_file *f);
 
 /* ---- partitions.c: partition files (--partitions) ---- */

@@ -29,5 +29,11 @@ size_t fs_xattr_list(const struct fs_file *f, char *buf, size_t size);
 /* The value of name for f (f->lock held; pool open for user.nbd.flags),
  * malloc'd; NULL + errno when unknown. */
 char *fs_xattr_get(struct fs *fs, struct fs_file *f, const char *name);
+/* user.nbd.stats of f (its disk's, for a partition), malloc'd; NULL +
+ * errno.  Takes f's lock and holds its pool if open (never opens it). */
+char *fs_stats_line(struct fs *fs, struct fs_file *f);
+/* SIGUSR1: log the stats line of every export (in directory mode, of those
+ * opened at least once) with log_notice. */
+void fs_log_stats(struct fs *fs);
 
 #endif

@@ -6,22 +6,34 @@
  * opening on a housekeeping thread, idle closes on closer threads of their
  * own (a close may take seconds, and must not delay the next open).
  */
+#define FUSE_USE_VERSION 34
 #include "exports.h"
 
 #include <errno.h>
+#include <fuse_lowlevel.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "log.h"
 #include "names.h"
+#include "nbd-proto.h"
 
 #define ROOT_INO 1            /* the directory (FUSE_ROOT_ID) */
 
 #define IDLE_CLOSE_MS 10000   /* close a pool this long after its last user */
 #define REFRESH_MIN_MS 1000   /* list the server's exports at most this often */
+/* An export whose size stays unknown or 0 after a probe (a full connection
+ * and NBD_OPT_GO) is probed again only after this long, or when it comes
+ * back after vanishing: not on every listing. */
+#define PROBE_TTL_MS 60000
+/* Details (NBD_OPT_INFO) of exports already known are asked again this
+ * often: an export's size may change, but rarely (and opening it learns
+ * the current one). */
+#define INFO_TTL_MS 60000
 
 struct open_waiter {
   fs_ready_fn cb;
@@ -48,6 +60,8 @@ static uint64_t now_ms(void)
 
 int fs_init_table(struct fs *fs)
 {
+  if (getrandom(&fs->hash_seed, sizeof fs->hash_seed, GRND_NONBLOCK) != sizeof fs->hash_seed)
+    fs->hash_seed = (uint64_t)now_ms() * UINT64_C(0x9e3779b97f4a7c15); /* better than a constant */
   pthread_rwlock_init(&fs->files_lock, NULL);
   pthread_mutex_init(&fs->hk_lock, NULL);
   pthread_mutex_init(&fs->dir_lock, NULL);
@@ -74,10 +88,180 @@ static struct fs_file *new_file(struct fs *fs, const char *file_name, const char
   return f;
 }
 
-/* Put f in the table (it is complete: lookups may find it at once). */
+/* ---- the table: hash chains by file name and by export name ----
+ *
+ * A listing of 10,000 exports looks each one up by export name, and `ls -l`
+ * looks each file up by name: linear searches made both quadratic.  The
+ * hash is FNV-1a from a random seed, so a server cannot choose names that
+ * all land in one chain. */
+
+static size_t hash_str(const struct fs *fs, const char *s)
+{
+  uint64_t h = UINT64_C(0xcbf29ce484222325) ^ fs->hash_seed;
+  for (; *s; s++) {
+    h ^= (unsigned char)*s;
+    h *= UINT64_C(0x100000001b3);
+  }
+  h ^= h >> 29; /* the low bits pick the bucket: mix the high ones in */
+  return (size_t)(h % fs->nbuckets);
+}
+
+/* files_lock held for writing, f not in the chains. */
+static void hash_insert(struct fs *fs, struct fs_file *f)
+{
+  if (f->name) {
+    size_t b = hash_str(fs, f->name);
+    f->name_next = fs->by_name[b];
+    fs->by_name[b] = f;
+  }
+  if (!f->disk) {
+    size_t b = hash_str(fs, f->export_name);
+    f->export_next = fs->by_export[b];
+    fs->by_export[b] = f;
+  }
+}
+
+static void hash_remove(struct fs *fs, struct fs_file *f)
+{
+  if (f->name) {
+    struct fs_file **pp = &fs->by_name[hash_str(fs, f->name)];
+    while (*pp && *pp != f)
+      pp = &(*pp)->name_next;
+    if (*pp)
+      *pp = f->name_next;
+  }
+  if (!f->disk) {
+    struct fs_file **pp = &fs->by_export[hash_str(fs, f->export_name)];
+    while (*pp && *pp != f)
+      pp = &(*pp)->export_next;
+    if (*pp)
+      *pp = f->export_next;
+  }
+  f->name_next = f->export_next = NULL;
+}
+
+/* Keep chains short: at least a bucket per file (files_lock held for
+ * writing).  On failure the old buckets stay: longer chains, still right. */
+static void hash_grow(struct fs *fs, int nfiles)
+{
+  if ((size_t)nfiles < fs->nbuckets)
+    return;
+  size_t nb = fs->nbuckets ? fs->nbuckets * 4 : 64;
+  struct fs_file **bn = calloc(nb, sizeof *bn), **be = calloc(nb, sizeof *be);
+  if (!bn || !be) {
+    free(bn);
+    free(be);
+    return;
+  }
+  free(fs->by_name);
+  free(fs->by_export);
+  fs->by_name = bn;
+  fs->by_export = be;
+  fs->nbuckets = nb;
+  for (int i = 0; i < fs->nfiles; i++)
+    hash_insert(fs, fs->files[i]);
+}
+
+/* A file (not) shown under its name: not gone, nor its disk. */
+static bool live(struct fs_file *f)
+{
+  return !f->gone && !(f->disk && f->disk->gone);
+}
+
+/* files_lock held.  Of several live files of one name (an export named like
+ * a partition file) the oldest slot wins, as the listing order did. */
+static struct fs_file *find_name(struct fs *fs, const char *name, bool live_only)
+{
+  if (!fs->nbuckets)
+    return NULL;
+  struct fs_file *best = NULL;
+  for (struct fs_file *f = fs->by_name[hash_str(fs, name)]; f; f = f->name_next)
+    if ((!live_only || live(f)) && !strcmp(f->name, name) && (!best || f->ino < best->ino))
+      best = f;
+  return best;
+}
+
+/* Whether a gone file's slot may take another export (files_lock held for
+ * writing, so no lookup can count a reference meanwhile).  Nothing of ours
+ * may hold the file: no open handle (they hold users), no pool, no
+ * partition file naming it.  The kernel may still cache the inode (it
+ * forgets only when memory is short or the name is looked up again), so a
+ * recycled slot gets another inode number (see recycle_into). */
+static bool recyclable(struct fs_file *f)
+{
+  if (f->nparts != 0)
+    return false;
+  /* A partition's pool and users are its disk's: its open handles show
+   * only as kernel references (open files keep their inode). */
+  if (f->disk)
+    return atomic_load(&f->nlookup) == 0 && fs_file_gone(f);
+  pthread_mutex_lock(&f->lock);
+  bool ok = f->gone && f->users == 0 && !f->pool && !f->opening && !f->closing && !f->waiters &&
+            !f->permanent;
+  pthread_mutex_unlock(&f->lock);
+  return ok;
+}
+
+/* Move the new file nf into the gone file f's slot (files_lock held for
+ * writing; f recyclable).  f keeps its memory and its lock; nf's shell is
+ * freed.  The inode number keeps the slot in its low 32 bits and counts
+ * recycles in the high ones: an inode the kernel still caches for the old
+ * export then names nothing (ENOENT), never the new export. */
+static void recycle_into(struct fs *fs, struct fs_file *f, struct fs_file *nf)
+{
+  hash_remove(fs, f);
+  f->ino += UINT64_C(1) << 32;
+  atomic_store(&f->nlookup, 0); /* the old inode's lookups: its forgets are ignored */
+  if (f->disk)
+    f->disk->nparts--;
+  pthread_mutex_lock(&f->lock);
+  free(f->old_name);
+  free(f->old_export_name);
+  f->old_name = f->name;
+  f->old_export_name = f->export_name;
+  f->name = nf->name;
+  f->export_name = nf->export_name;
+  nbd_export_info_free(&f->info);
+  f->info = nf->info;
+  f->have_info = nf->have_info;
+  f->readonly = nf->readonly;
+  f->gone = false;
+  f->idle_since_ms = 0;
+  f->perm = (struct fs_perm){ 0 };
+  f->disk = nf->disk;
+  f->part = nf->part;
+  f->part_alloc = 0;
+  f->part_alloc_known = false;
+  f->parts_read = f->parts_stale = false;
+  f->gen++;
+  f->probed = false;
+  f->probed_ms = 0;
+  f->info_refused = false;
+  /* Nobody counts into a recycled file (no pool, no handle); the new
+   * export starts from zero. */
+  stats_destroy(&f->stats);
+  memset(&f->stats, 0, sizeof f->stats);
+  pthread_mutex_unlock(&f->lock);
+  pthread_mutex_destroy(&nf->lock);
+  free(nf);
+}
+
+/* Put f in the table (it is complete: lookups may find it at once), in a
+ * recycled slot if one is free. */
 static struct fs_file *publish(struct fs *fs, struct fs_file *f)
 {
   pthread_rwlock_wrlock(&fs->files_lock);
+  while (fs->mode == FS_EXPORTS && fs->nfree > 0) {
+    struct fs_file *old = fs->files[fs->free_slots[--fs->nfree]];
+    if (!recyclable(old))
+      continue; /* revived or referenced since the listing offered it */
+    recycle_into(fs, old, f);
+    if (old->disk)
+      old->disk->nparts++;
+    hash_insert(fs, old);
+    pthread_rwlock_unlock(&fs->files_lock);
+    return old;
+  }
   if (fs->nfiles == fs->cap) {
     int cap = fs->cap ? fs->cap * 2 : 16;
     struct fs_file **nf = realloc(fs->files, (size_t)cap * sizeof *nf);
@@ -93,7 +277,12 @@ static struct fs_file *publish(struct fs *fs, struct fs_file *f)
   }
   /* Inode 1 is the directory, except when the file is the mount itself. */
   f->ino = fs->mode == FS_NAKED ? ROOT_INO : (uint64_t)fs->nfiles + 2;
+  hash_grow(fs, fs->nfiles + 1); /* (rehashes the table without f) */
   fs->files[fs->nfiles++] = f;
+  if (f->disk)
+    f->disk->nparts++;
+  if (fs->nbuckets)
+    hash_insert(fs, f);
   pthread_rwlock_unlock(&fs->files_lock);
   return f;
 }
@@ -140,8 +329,10 @@ struct fs_file *fs_file_by_ino(struct fs *fs, uint64_t ino)
   if (fs->mode == FS_NAKED) {
     if (ino == ROOT_INO && fs->nfiles)
       f = fs->files[0];
-  } else if (ino >= 2 && ino - 2 < (uint64_t)fs->nfiles) {
-    f = fs->files[ino - 2];
+  } else if ((uint32_t)ino >= 2 && (uint32_t)ino - 2 < (uint32_t)fs->nfiles) {
+    f = fs->files[(uint32_t)ino - 2];
+    if (f->ino != ino)
+      f = NULL; /* an inode of the slot's earlier file (recycle_into) */
   }
   pthread_rwlock_unlock(&fs->files_lock);
   return f;
@@ -149,25 +340,62 @@ struct fs_file *fs_file_by_ino(struct fs *fs, uint64_t ino)
 
 struct fs_file *fs_file_by_name(struct fs *fs, const char *name)
 {
-  struct fs_file *f = NULL;
   pthread_rwlock_rdlock(&fs->files_lock);
-  for (int i = 0; i < fs->nfiles && !f; i++)
-    if (!fs->files[i]->gone && !(fs->files[i]->disk && fs->files[i]->disk->gone) &&
-        fs->files[i]->name && !strcmp(fs->files[i]->name, name))
-      f = fs->files[i];
+  struct fs_file *f = find_name(fs, name, true);
   pthread_rwlock_unlock(&fs->files_lock);
   return f;
+}
+
+struct fs_file *fs_file_lookup(struct fs *fs, const char *name)
+{
+  pthread_rwlock_rdlock(&fs->files_lock);
+  struct fs_file *f = find_name(fs, name, true);
+  if (f)
+    atomic_fetch_add(&f->nlookup, 1);
+  pthread_rwlock_unlock(&fs->files_lock);
+  return f;
+}
+
+void fs_file_forget(struct fs *fs, uint64_t ino, uint64_t nlookup)
+{
+  struct fs_file *f = fs_file_by_ino(fs, ino);
+  if (!f)
+    return;
+  /* Never below 0: a kernel that forgets more than it looked up (it
+   * cannot) must not make a referenced inode look free. */
+  uint64_t cur = atomic_load(&f->nlookup);
+  while (!atomic_compare_exchange_weak(&f->nlookup, &cur, cur > nlookup ? cur - nlookup : 0))
+    ;
+}
+
+unsigned fs_file_gen(struct fs_file *f)
+{
+  pthread_mutex_lock(&f->lock);
+  unsigned g = f->gen;
+  pthread_mutex_unlock(&f->lock);
+  /* Both only grow, so the sum changes when either does. */
+  return f->disk ? g + fs_file_gen(f->disk) : g;
 }
 
 static struct fs_file *find_export(struct fs *fs, const char *export_name)
 {
   struct fs_file *f = NULL;
   pthread_rwlock_rdlock(&fs->files_lock);
-  for (int i = 0; i < fs->nfiles && !f; i++)
-    if (!fs->files[i]->disk && !strcmp(fs->files[i]->export_name, export_name))
-      f = fs->files[i];
+  if (fs->nbuckets)
+    for (f = fs->by_export[hash_str(fs, export_name)]; f; f = f->export_next)
+      if (!strcmp(f->export_name, export_name))
+        break;
   pthread_rwlock_unlock(&fs->files_lock);
   return f;
+}
+
+static bool name_taken(const char *name, void *arg)
+{
+  struct fs *fs = arg;
+  pthread_rwlock_rdlock(&fs->files_lock);
+  bool taken = find_name(fs, name, false) != NULL;
+  pthread_rwlock_unlock(&fs->files_lock);
+  return taken;
 }
 
 /* Learn an export's details the way opening it would (NBD_OPT_GO), for
@@ -249,6 +477,10 @@ void fs_server_gone(struct fs *fs)
   free(files);
 }
 
+/* Exports refused for want of a distinct name, logged rate-limited (every
+ * listing would otherwise log them again). */
+static struct log_limit name_clash = LOG_LIMIT_INIT;
+
 int fs_list_exports(struct fs *fs, char *err, size_t errlen)
 {
   char why[512], where[256];
@@ -257,46 +489,146 @@ int fs_list_exports(struct fs *fs, char *err, size_t errlen)
     snprintf(err, errlen, "%s has exited", where);
     return -EIO;
   }
-  struct transport *t = transport_connect(fs->uri, fs->pool_opts.connect_timeout_s, why, sizeof why);
-  if (!t) {
-    snprintf(err, errlen, "%s", why);
-    return -ECONNREFUSED;
-  }
-  struct nbd_hs_opts o = { .export_name = "", .timeout_s = fs->pool_opts.connect_timeout_s,
-                           .tls_mode = fs->pool_opts.tls_mode, .tls = fs->pool_opts.tls };
+  /* NBD_OPT_INFO for every export is most of a listing's cost (10,000
+   * round trips for 10,000 exports), and sizes rarely change: a refresh
+   * lists the names only, and asks for details when an export is new (or
+   * back), or when they were last asked for a while ago. */
+  bool want_info = !fs->last_info_ms || now_ms() - fs->last_info_ms >= INFO_TTL_MS;
   struct nbd_listed_export *list;
-  struct nbd_export_info *infos;
-  int n = nbd_list_exports(t, &o, &list, &infos, why, sizeof why);
-  transport_destroy(t);
-  if (n < 0) {
-    snprintf(err, errlen, "%s: cannot list exports: %s", where, why);
-    return n;
+  struct nbd_export_info *infos = NULL;
+  int n;
+  for (;;) {
+    struct transport *t = transport_connect(fs->uri, fs->pool_opts.connect_timeout_s, why, sizeof why);
+    if (!t) {
+      snprintf(err, errlen, "%s", why);
+      return -ECONNREFUSED;
+    }
+    struct nbd_hs_opts o = { .export_name = "", .timeout_s = fs->pool_opts.connect_timeout_s,
+                             .tls_mode = fs->pool_opts.tls_mode, .tls = fs->pool_opts.tls };
+    n = nbd_list_exports(t, &o, &list, want_info ? &infos : NULL, why, sizeof why);
+    transport_destroy(t);
+    if (n < 0) {
+      snprintf(err, errlen, "%s: cannot list exports: %s", where, why);
+      return n;
+    }
+    if (want_info)
+      break;
+    bool news = false;
+    for (int i = 0; i < n && !news; i++) {
+      struct fs_file *f = find_export(fs, list[i].name);
+      news = !f || fs_file_gone(f);
+    }
+    if (!news)
+      break;
+    nbd_listed_exports_free(list, NULL, n);
+    want_info = true;
   }
-  /* Mark everything gone, then revive what the server still lists. */
+  if (want_info)
+    fs->last_info_ms = now_ms();
+  /* Match the listing to the table: existing exports first (revived if
+   * they had gone), then mark what vanished gone, then add the new ones,
+   * in slots of gone files the kernel has forgotten.  In this order a
+   * listed export is never given away to another one before it is found. */
   pthread_rwlock_rdlock(&fs->files_lock);
-  bool *seen = calloc((size_t)fs->nfiles + (size_t)n + 1, sizeof *seen);
+  bool *seen = calloc((size_t)fs->nfiles + 1, sizeof *seen);
   int before = fs->nfiles;
   pthread_rwlock_unlock(&fs->files_lock);
-  if (!seen) {
+  struct fs_file **fl = calloc((size_t)n + 1, sizeof *fl);
+  if (!seen || !fl) {
+    free(seen);
+    free(fl);
     nbd_listed_exports_free(list, infos, n);
     snprintf(err, errlen, "out of memory");
     return -ENOMEM;
   }
   for (int i = 0; i < n; i++) {
-    struct fs_file *f = find_export(fs, list[i].name);
-    if (!f) {
-      char *fname = name_from_export(list[i].name, "default");
-      f = fname ? fs_add_file(fs, fname, list[i].name) : NULL;
-      free(fname);
-      if (!f)
-        continue;
-    }
-    if (f->ino - 2 < (uint64_t)before)
-      seen[f->ino - 2] = true;
+    struct fs_file *f = fl[i] = find_export(fs, list[i].name);
+    if (!f)
+      continue;
+    if ((uint32_t)f->ino - 2 < (uint32_t)before)
+      seen[(uint32_t)f->ino - 2] = true;
     pthread_mutex_lock(&f->lock);
-    f->gone = false;
+    bool back = f->gone;
+    if (back) {
+      f->gone = false;
+      f->parts_stale = true; /* its partition files may have been recycled meanwhile */
+    }
+    pthread_mutex_unlock(&f->lock);
+    if (back) {
+      /* Back under another inode number: the kernel's inode for the old
+       * one keeps its handles (which fail) apart from new opens, whose
+       * pages would otherwise serve the old handles' reads. */
+      pthread_rwlock_wrlock(&fs->files_lock);
+      f->ino += UINT64_C(1) << 32;
+      atomic_store(&f->nlookup, 0); /* the old inode's; its forgets are ignored */
+      pthread_rwlock_unlock(&fs->files_lock);
+    }
+  }
+  for (int i = 0; i < before; i++) {
+    if (seen[i])
+      continue;
+    pthread_rwlock_rdlock(&fs->files_lock);
+    struct fs_file *f = fs->files[i];
+    pthread_rwlock_unlock(&fs->files_lock);
+    if (f->disk)
+      continue; /* gone with its disk (fs_file_gone) */
+    pthread_mutex_lock(&f->lock);
+    bool went = !f->gone;
+    if (went) {
+      log_info("export '%s' is no longer listed by the server", f->name);
+      f->gone = true;
+      f->gen++;          /* its open handles fail from now on */
+      f->probed = false; /* if it comes back, it may be another export */
+    }
+    uint64_t ino = f->ino;
+    pthread_mutex_unlock(&f->lock);
+    /* Reads through open handles would still find cached pages: drop them,
+     * so that they ask, and fail.  (Page locks only: never the directory's,
+     * which a readdir waiting for this listing holds.) */
+    if (went && fs->se)
+      fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+  }
+  /* Offer the slots of gone files nothing refers to any more (checked
+   * again when one is taken). */
+  pthread_rwlock_wrlock(&fs->files_lock);
+  fs->nfree = 0;
+  for (int i = 0; i < fs->nfiles; i++) {
+    if (!recyclable(fs->files[i]))
+      continue;
+    if (fs->nfree == fs->free_cap) {
+      int cap = fs->free_cap ? fs->free_cap * 2 : 16;
+      int *nf = realloc(fs->free_slots, (size_t)cap * sizeof *nf);
+      if (!nf)
+        break; /* fewer slots recycled this time */
+      fs->free_slots = nf;
+      fs->free_cap = cap;
+    }
+    fs->free_slots[fs->nfree++] = i;
+  }
+  pthread_rwlock_unlock(&fs->files_lock);
+  for (int i = 0; i < n; i++) {
+    if (fl[i] || (fl[i] = find_export(fs, list[i].name)) != NULL)
+      continue; /* listed twice */
+    char *fname = name_unique(list[i].name, "default", NULL, name_taken, fs);
+    if (!fname && errno == EEXIST) {
+      char sname[96];
+      nbd_sanitize(sname, sizeof sname, (const uint8_t *)list[i].name, strlen(list[i].name));
+      log_failure(&name_clash, "export '%s' not shown: every file name it could have is taken by "
+                  "another file (colliding digests: a hostile export list?)", sname);
+    }
+    fl[i] = fname ? fs_add_file(fs, fname, list[i].name) : NULL;
+    free(fname);
+  }
+  uint64_t now = now_ms();
+  for (int i = 0; i < n; i++) {
+    struct fs_file *f = fl[i];
+    if (!f)
+      continue;
+    pthread_mutex_lock(&f->lock);
     bool open = f->pool != NULL;
     bool known = f->have_info && f->info.size != 0;
+    bool probed = f->probed && now - f->probed_ms < PROBE_TTL_MS;
+    bool refused_before = f->info_refused;
     pthread_mutex_unlock(&f->lock);
     if (open)
       continue; /* the pool's own negotiation is authoritative */
@@ -306,12 +638,35 @@ int fs_list_exports(struct fs *fs, char *err, size_t errlen)
       info = infos[i];
       memset(&infos[i], 0, sizeof infos[i]);
     }
+    /* INFO answers get the checks GO answers get in the handshake: a
+     * size past INT64_MAX would show as a negative st_size. */
+    const char *bad = !have ? NULL
+                      : info.size > INT64_MAX ? "a size above INT64_MAX"
+                      : info.have_block_size &&
+                            nbd_check_block_sizes(info.min_block, info.pref_block, info.max_block)
+                          ? "invalid block sizes"
+                          : NULL;
+    if (bad && !refused_before)
+      log_warn("export '%s': ignoring the server's NBD_INFO_EXPORT answer (%s, size %llu)",
+               f->name, bad, (unsigned long long)info.size);
+    pthread_mutex_lock(&f->lock);
+    f->info_refused = bad != NULL;
+    pthread_mutex_unlock(&f->lock);
+    if (bad) {
+      nbd_export_info_free(&info);
+      info = (struct nbd_export_info){ 0 };
+      have = false;
+    }
     if (!have || info.size == 0) {
-      if (known) { /* probed before: keep it */
+      if (known || probed) { /* probed before: keep what we have */
         nbd_export_info_free(&info);
         continue;
       }
       int r = probe_export(fs, list[i].name, &info);
+      pthread_mutex_lock(&f->lock);
+      f->probed = true;
+      f->probed_ms = now_ms();
+      pthread_mutex_unlock(&f->lock);
       if (r < 0 && !have)
         continue; /* size unknown until opened */
     }
@@ -327,20 +682,7 @@ int fs_list_exports(struct fs *fs, char *err, size_t errlen)
     pthread_mutex_unlock(&f->lock);
     nbd_export_info_free(&info);
   }
-  for (int i = 0; i < before; i++) {
-    if (seen[i])
-      continue;
-    pthread_rwlock_rdlock(&fs->files_lock);
-    struct fs_file *f = fs->files[i];
-    pthread_rwlock_unlock(&fs->files_lock);
-    if (f->disk)
-      continue; /* gone with its disk (fs_file_gone) */
-    pthread_mutex_lock(&f->lock);
-    if (!f->gone)
-      log_info("export '%s' is no longer listed by the server", f->name);
-    f->gone = true;
-    pthread_mutex_unlock(&f->lock);
-  }
+  free(fl);
   free(seen);
   nbd_listed_exports_free(list, infos, n);
   fs->last_list_ms = now_ms();
@@ -531,7 +873,10 @@ static void close_idle(struct fs *fs)
     pthread_mutex_lock(&f->lock);
     struct nbd_pool *p = NULL;
     bool blocking = false;
-    if (f->pool && !f->permanent && f->users == 0 && now - f->idle_since_ms >= IDLE_CLOSE_MS) {
+    /* A gone export's pool closes as soon as it is unused: nothing will
+     * open it again, and its slot is recycled only once it is closed. */
+    if (f->pool && !f->permanent && f->users == 0 &&
+        (f->gone || now - f->idle_since_ms >= IDLE_CLOSE_MS)) {
       p = f->pool;
       f->pool = NULL;
       blocking = nbd_pool_needs_flush(p);
@@ -652,14 +997,24 @@ void fs_free(struct fs *fs)
       nbd_pool_free(f->pool);
     }
     nbd_export_info_free(&f->info);
+    stats_destroy(&f->stats);
     pthread_mutex_destroy(&f->lock);
     free(f->name);
     free(f->export_name);
+    free(f->old_name);
+    free(f->old_export_name);
     free(f);
   }
   free(fs->files);
   fs->files = NULL;
   fs->nfiles = 0;
+  free(fs->by_name);
+  free(fs->by_export);
+  fs->by_name = fs->by_export = NULL;
+  fs->nbuckets = 0;
+  free(fs->free_slots);
+  fs->free_slots = NULL;
+  fs->nfree = fs->free_cap = 0;
   pthread_rwlock_destroy(&fs->files_lock);
   pthread_mutex_destroy(&fs->hk_lock);
   pthread_mutex_destroy(&fs->dir_lock);

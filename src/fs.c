@@ -23,6 +23,7 @@
 #include "blockio.h"
 #include "extents.h"
 #include "log.h"
+#include "stats.h"
 
 /* Attributes are cached for a second: sizes never change, but
  * allocation (st_blocks) does, also by other clients. */
@@ -38,6 +39,7 @@ struct fs_handle {
   struct fs_file *f;
   struct nbd_pool *pool; /* held from open to release */
   uint64_t base, size;   /* the window on the export: all of it, or a partition */
+  unsigned gen;          /* fs_file_gen at open: the file has gone since when it differs */
   bool writable;
   struct fs_handle *prev, *next; /* open handles, for an exit with files open */
 };
@@ -83,6 +85,13 @@ void fs_free_handles(void)
 static struct fs_handle *handle_of(struct fuse_file_info *fi)
 {
   return (struct fs_handle *)(uintptr_t)fi->fh;
+}
+
+/* Where a handle's requests are counted: its export's file (a partition's
+ * disk), which lives for the whole mount, so counts outlive idle closes. */
+static struct nbd_stats *stats_of(struct fs_handle *h)
+{
+  return h->f->disk ? &h->f->disk->stats : &h->f->stats;
 }
 
 /* Failed requests, logged rate-limited: one limiter per kind. */
@@ -300,7 +309,9 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
 static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
   struct fs *fs = fs_of(req);
-  struct fs_file *f = fs->mode != FS_NAKED && parent == FUSE_ROOT_ID ? fs_file_by_name(fs, name)
+  /* Counts a kernel reference (until fs_forget): slots of gone files are
+   * only recycled once the kernel forgot them. */
+  struct fs_file *f = fs->mode != FS_NAKED && parent == FUSE_ROOT_ID ? fs_file_lookup(fs, name)
                                                                      : NULL;
   if (!f) {
     fuse_reply_err(req, fs->mode == FS_NAKED ? ENOTDIR : ENOENT);
@@ -315,7 +326,21 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
   e.attr_timeout = file_stat(fs, f, p, &e.attr);
   if (p)
     fs_file_release(fs, f);
-  fuse_reply_entry(req, &e);
+  if (fuse_reply_entry(req, &e) != 0) /* the kernel did not take it */
+    fs_file_forget(fs, f->ino, 1);
+}
+
+static void fs_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+  fs_file_forget(fs_of(req), ino, nlookup);
+  fuse_reply_none(req);
+}
+
+static void fs_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+  for (size_t i = 0; i < count; i++)
+    fs_file_forget(fs_of(req), forgets[i].ino, forgets[i].nlookup);
+  fuse_reply_none(req);
 }
 
 static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -422,6 +447,7 @@ struct open_ctx {
   fuse_req_t req;
   struct fuse_file_info fi;
   struct fs *fs;
+  fuse_ino_t ino;
 };
 
 static void open_ready(void *arg, struct fs_file *f, int err)
@@ -438,14 +464,19 @@ static void open_ready(void *arg, struct fs_file *f, int err)
   bool ro = f->readonly;
   pthread_mutex_unlock(&f->lock);
   struct fs_handle *h = NULL;
-  if (writable && ro) {
+  /* It went while the pool opened, or the kernel's entry is stale, or its
+   * slot went to another export meanwhile (another inode number). */
+  if (fs_file_gone(f) || f->ino != o->ino) {
+    fs_file_release(o->fs, f);
+    fuse_reply_err(o->req, ENOENT);
+  } else if (writable && ro) {
     fs_file_release(o->fs, f);
     fuse_reply_err(o->req, EROFS);
   } else if (!(h = malloc(sizeof *h))) {
     fs_file_release(o->fs, f);
     fuse_reply_err(o->req, ENOMEM);
   } else {
-    *h = (struct fs_handle){ .f = f, .pool = pool, .writable = writable,
+    *h = (struct fs_handle){ .f = f, .pool = pool, .writable = writable, .gen = fs_file_gen(f),
                              .base = f->disk ? f->part.start : 0,
                              .size = f->disk ? f->part.length : nbd_pool_size(pool) };
     handle_track(h);
@@ -483,6 +514,7 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   o->req = req;
   o->fi = *fi;
   o->fs = fs;
+  o->ino = ino;
   fs_file_acquire(fs, f, open_ready, o);
 }
 
@@ -493,6 +525,8 @@ struct read_op {
   fuse_req_t req;
   struct nbd_pool *pool;
   uint64_t off;          /* what the caller asked for (for logs) */
+  struct nbd_stats *stats;
+  uint64_t start_ns;
   struct read_op *next;  /* in the reply queue */
   size_t skip;   /* bytes of alignment padding before the data asked for */
   size_t len;
@@ -614,6 +648,9 @@ void fs_reply_thread_stop(void)
 static void read_complete(struct nbd_op *op, int err)
 {
   struct read_op *r = (struct read_op *)op;
+  /* Counted when the server's answer is in, before the copy to the kernel
+   * (which the reply thread may do). */
+  stats_count(r->stats, STATS_READ, r->start_ns, r->len, err != 0);
   if (!err && r->len >= OFFLOAD_MIN && replies.running) {
     r->next = NULL;
     pthread_mutex_lock(&replies.lock);
@@ -633,10 +670,13 @@ static void read_complete(struct nbd_op *op, int err)
   free(r);
 }
 
-/* A partition that left the table: its handles fail. */
+/* An export that left the listing (or a partition that left the table):
+ * its handles fail with EIO, also once it is back.  What comes back under
+ * the name may be another export, and these handles' size, data in flight
+ * and unflushed writes belong to the old one: reopening is the way back. */
 static bool handle_gone(struct fs_handle *h)
 {
-  return h->f->disk && fs_file_gone(h->f);
+  return fs_file_gone(h->f) || fs_file_gen(h->f) != h->gen;
 }
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -673,6 +713,8 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   r->off = (uint64_t)off;
   r->skip = (size_t)((uint64_t)off - start);
   r->len = size;
+  r->stats = stats_of(h);
+  r->start_ns = stats_now();
   nbd_pool_io(pool, &r->op, NBD_CMD_READ, 0, start, end - start, r->buf);
   nbd_op_put(&r->op);
 }
@@ -687,6 +729,8 @@ struct write_op {
   size_t len;
   bool flush_after;  /* O_DSYNC without FUA: FLUSH before answering */
   bool flushing;
+  struct nbd_stats *stats;
+  uint64_t start_ns;
 };
 
 static void write_complete(struct nbd_op *op, int err)
@@ -700,6 +744,7 @@ static void write_complete(struct nbd_op *op, int err)
     nbd_op_put(&w->op);
     return;
   }
+  stats_count(w->stats, STATS_WRITE, w->start_ns, w->len, err != 0);
   if (err) {
     log_failure(&write_fail, "%s: %s of %zu bytes at offset %llu failed: %s",
                 nbd_pool_desc(w->pool), w->flushing ? "flush after a synchronous write" : "write",
@@ -755,6 +800,8 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   w->len = size;
   w->flush_after = sync && !flags;
   w->flushing = false;
+  w->stats = stats_of(h);
+  w->start_ns = stats_now();
   blockio_write(pool, &w->op, flags, (uint64_t)off, size, buf);
   nbd_op_put(&w->op);
 }
@@ -766,19 +813,30 @@ struct flush_op {
   fuse_req_t req;
   struct nbd_pool *pool;
   const char *what;
+  struct nbd_stats *stats; /* NULL: nothing to flush, not counted */
+  uint64_t start_ns;
 };
 
 static void flush_complete(struct nbd_op *op, int err)
 {
   struct flush_op *r = (struct flush_op *)op;
+  if (r->stats)
+    stats_count(r->stats, STATS_FLUSH, r->start_ns, 0, err != 0);
   if (err)
     log_failure(&flush_fail, "%s: %s failed: %s", nbd_pool_desc(r->pool), r->what, strerror(err));
   fuse_reply_err(r->req, err);
   free(r);
 }
 
-static void do_flush(fuse_req_t req, struct nbd_pool *pool, const char *what)
+static void do_flush(fuse_req_t req, struct fs_handle *h, const char *what)
 {
+  struct nbd_pool *pool = h->pool;
+  /* Writes through a handle whose export went may not have reached it:
+   * fsync and close say so.  (The pool's close still flushes what it can.) */
+  if (handle_gone(h)) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
   struct flush_op *r = malloc(sizeof *r);
   if (!r) {
     fuse_reply_err(req, ENOMEM);
@@ -788,6 +846,10 @@ static void do_flush(fuse_req_t req, struct nbd_pool *pool, const char *what)
   r->req = req;
   r->pool = pool;
   r->what = what;
+  /* Only a flush that has something to send is a request worth timing:
+   * counting no-ops would hide how long real FLUSHes take. */
+  r->stats = nbd_pool_needs_flush(pool) ? stats_of(h) : NULL;
+  r->start_ns = stats_now();
   nbd_pool_flush(pool, &r->op); /* sends nothing when nothing is unflushed */
   nbd_op_put(&r->op);
 }
@@ -802,13 +864,13 @@ static void fs_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
     fuse_reply_err(req, 0);
     return;
   }
-  do_flush(req, h->pool, "flush on close");
+  do_flush(req, h, "flush on close");
 }
 
 static void fs_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
   (void)ino;
-  do_flush(req, handle_of(fi)->pool, datasync ? "fdatasync" : "fsync");
+  do_flush(req, handle_of(fi), datasync ? "fdatasync" : "fsync");
 }
 
 static void fs_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -829,12 +891,15 @@ struct fallocate_op {
   fuse_ino_t ino;
   uint64_t off, len;
   bool punch;
+  struct nbd_stats *stats;
+  uint64_t start_ns;
 };
 
 static void fallocate_complete(struct nbd_op *op, int err)
 {
   struct fallocate_op *a = (struct fallocate_op *)op;
   struct fuse_session *se = fs_of(a->req)->se;
+  stats_count(a->stats, STATS_ZERO, a->start_ns, a->len, err != 0);
   if (err)
     log_failure(&fallocate_fail, "%s: %s of %llu bytes at offset %llu failed: %s",
                 nbd_pool_desc(a->pool), a->punch ? "punching a hole" : "zeroing a range",
@@ -897,6 +962,8 @@ static void fs_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, of
   a->off = start;
   a->len = end - start;
   a->punch = mode & FALLOC_FL_PUNCH_HOLE;
+  a->stats = stats_of(h);
+  a->start_ns = stats_now();
   blockio_zero(pool, &a->op, start, end - start, a->punch);
   nbd_op_put(&a->op);
 }
@@ -969,24 +1036,39 @@ struct readdir_ctx {
   struct fs *fs;
   size_t size;
   off_t off;
+  bool plus;     /* READDIRPLUS: attributes too, so `ls -l` needs no lookup per file */
 };
 
 /* Offsets: 1 after ".", 2 after "..", i + 3 after file i of the table
- * (the table only grows, so offsets stay valid across refreshes). */
+ * (slots never move, so offsets stay valid across refreshes; a slot
+ * recycled meanwhile shows its new file, or not, like any entry added
+ * during a listing). */
 static void readdir_reply(void *arg)
 {
   struct readdir_ctx *r = arg;
   struct fs *fs = r->fs;
   char *buf = malloc(r->size);
-  if (!buf) {
+  /* READDIRPLUS entries count as lookups: remember whom, to take them back
+   * if the kernel never gets the reply.  (An entry takes over 100 bytes.) */
+  size_t maxent = r->size / 100 + 1;
+  struct fs_file **counted = r->plus ? malloc(maxent * sizeof *counted) : NULL;
+  size_t ncounted = 0;
+  if (!buf || (r->plus && !counted)) {
     fuse_reply_err(r->req, ENOMEM);
+    free(buf);
+    free(counted);
     free(r);
     return;
   }
   size_t used = 0;
   for (off_t k = r->off; k < 2; k++) {
     struct stat st = { .st_ino = FUSE_ROOT_ID, .st_mode = S_IFDIR };
-    size_t n = fuse_add_direntry(r->req, buf + used, r->size - used, k == 0 ? "." : "..", &st, k + 1);
+    /* ino 0: attributes not given, no lookup counted (the kernel never
+     * makes entries for "." and ".." anyway). */
+    struct fuse_entry_param e = { .attr = st };
+    const char *name = k == 0 ? "." : "..";
+    size_t n = r->plus ? fuse_add_direntry_plus(r->req, buf + used, r->size - used, name, &e, k + 1)
+                       : fuse_add_direntry(r->req, buf + used, r->size - used, name, &st, k + 1);
     if (n > r->size - used)
       goto full;
     used += n;
@@ -996,23 +1078,42 @@ static void readdir_reply(void *arg)
     struct fs_file *f = fs->files[i];
     if (f->gone || (f->disk && f->disk->gone))
       continue;
-    struct stat st = { .st_ino = f->ino, .st_mode = S_IFREG };
-    size_t n = fuse_add_direntry(r->req, buf + used, r->size - used, f->name, &st, i + 3);
+    size_t n;
+    if (r->plus) {
+      if (ncounted == maxent)
+        break;
+      struct fuse_entry_param e = { .ino = f->ino, .entry_timeout = fs->mode == FS_EXPORTS
+                                                                       ? EXPORT_ENTRY_TIMEOUT
+                                                                       : ENTRY_TIMEOUT };
+      struct nbd_pool *p = fs_file_hold(f);
+      e.attr_timeout = file_stat(fs, f, p, &e.attr);
+      if (p)
+        fs_file_release(fs, f);
+      n = fuse_add_direntry_plus(r->req, buf + used, r->size - used, f->name, &e, i + 3);
+      if (n <= r->size - used) {
+        atomic_fetch_add(&f->nlookup, 1); /* files_lock held: not recycled meanwhile */
+        counted[ncounted++] = f;
+      }
+    } else {
+      struct stat st = { .st_ino = f->ino, .st_mode = S_IFREG };
+      n = fuse_add_direntry(r->req, buf + used, r->size - used, f->name, &st, i + 3);
+    }
     if (n > r->size - used)
       break;
     used += n;
   }
   pthread_rwlock_unlock(&fs->files_lock);
 full:
-  fuse_reply_buf(r->req, buf, used);
+  if (fuse_reply_buf(r->req, buf, used) != 0)
+    for (size_t i = 0; i < ncounted; i++)
+      fs_file_forget(fs, counted[i]->ino, 1);
+  free(counted);
   free(buf);
   free(r);
 }
 
-static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-                       struct fuse_file_info *fi)
+static void readdir_common(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
 {
-  (void)fi;
   struct fs *fs = fs_of(req);
   if (fs->mode == FS_NAKED || ino != FUSE_ROOT_ID) {
     fuse_reply_err(req, ENOTDIR);
@@ -1023,11 +1124,25 @@ static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     fuse_reply_err(req, ENOMEM);
     return;
   }
-  *r = (struct readdir_ctx){ req, fs, size, off };
+  *r = (struct readdir_ctx){ req, fs, size, off, plus };
   if (off == 0)
     fs_refresh(fs, readdir_reply, r); /* a new listing: ask the server again */
   else
     readdir_reply(r);
+}
+
+static void fs_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+  (void)fi;
+  readdir_common(req, ino, size, off, false);
+}
+
+static void fs_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                           struct fuse_file_info *fi)
+{
+  (void)fi;
+  readdir_common(req, ino, size, off, true);
 }
 
 static void fs_statfs(fuse_req_t req, fuse_ino_t ino)
@@ -1106,7 +1221,19 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
     fuse_reply_err(req, ENODATA);
     return;
   }
-  if (strcmp(name, "user.nbd.flags")) {
+  if (!strcmp(name, "user.nbd.stats")) {
+    /* Counted by the file; the pool's part only if it is open (reading
+     * statistics must not connect). */
+    char *v = fs_stats_line(fs, f);
+    if (v)
+      reply_xattr_value(req, v, size);
+    else
+      fuse_reply_err(req, errno);
+    free(v);
+    return;
+  }
+  if (strcmp(name, "user.nbd.flags") && strcmp(name, "user.nbd.protocol") &&
+      strcmp(name, "user.nbd.canonical_name")) {
     /* Known without a connection. */
     pthread_mutex_lock(&f->lock);
     char *v = fs_xattr_get(fs, f, name);
@@ -1119,7 +1246,7 @@ static void fs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
     free(v);
     return;
   }
-  /* Flags include what negotiation found (block status): open the export. */
+  /* Flags, protocol and canonical name are what negotiation found: open the export. */
   struct xattr_ctx *x = malloc(sizeof *x);
   if (!x) {
     fuse_reply_err(req, ENOMEM);
@@ -1178,6 +1305,8 @@ static void fs_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
 const struct fuse_lowlevel_ops fs_ops = {
   .init = fs_init,
   .lookup = fs_lookup,
+  .forget = fs_forget,
+  .forget_multi = fs_forget_multi,
   .getattr = fs_getattr,
   .setattr = fs_setattr,
   .open = fs_open,
@@ -1190,6 +1319,7 @@ const struct fuse_lowlevel_ops fs_ops = {
   .release = fs_release,
   .opendir = fs_opendir,
   .readdir = fs_readdir,
+  .readdirplus = fs_readdirplus,
   .statfs = fs_statfs,
   .getxattr = fs_getxattr,
   .listxattr = fs_listxattr,

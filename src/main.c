@@ -82,7 +82,8 @@ static void stop_fuse_source(void *arg)
 
 /* Wait for a signal or the end of the session.  A server nbdfs started
  * that exits meanwhile makes I/O fail at once; the mount stays until
- * unmounted (so nothing that holds the file open is surprised). */
+ * unmounted (so nothing that holds the file open is surprised).  SIGUSR1
+ * logs every export's statistics and carries on. */
 static void wait_for_end(struct fs *fs, int endfd, struct server_process *sp)
 {
   sigset_t set;
@@ -91,6 +92,7 @@ static void wait_for_end(struct fs *fs, int endfd, struct server_process *sp)
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGHUP);
   sigaddset(&set, SIGQUIT);
+  sigaddset(&set, SIGUSR1);
   int sfd = signalfd(-1, &set, SFD_CLOEXEC);
   bool server_up = sp != NULL;
   for (;;) {
@@ -102,8 +104,13 @@ static void wait_for_end(struct fs *fs, int endfd, struct server_process *sp)
       continue;
     if (p[0].revents & POLLIN) {
       struct signalfd_siginfo si;
-      if (read(sfd, &si, sizeof si) == sizeof si)
-        log_info("received signal %u, unmounting", si.ssi_signo);
+      if (read(sfd, &si, sizeof si) != sizeof si)
+        continue;
+      if (si.ssi_signo == SIGUSR1) {
+        fs_log_stats(fs);
+        continue;
+      }
+      log_info("received signal %u, unmounting", si.ssi_signo);
       break;
     }
     if (p[1].revents & POLLIN)
@@ -235,17 +242,19 @@ static int serve(struct start *st)
   /* Every path is absolute by now; do not keep the caller's directory busy. */
   if (chdir("/") < 0) { /* harmless: only keeps it busy */ }
 
-  /* Signals are read from a signalfd by this thread; workers block them. */
+  /* Signals are read from a signalfd by this thread; workers block them.
+   * SIGUSR1 (log the statistics) too: unblocked anywhere, its default
+   * action would end the daemon. */
   sigset_t sigs;
   sigemptyset(&sigs);
-  int stop_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT };
-  for (unsigned i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++)
-    sigaddset(&sigs, stop_signals[i]);
+  int our_signals[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 };
+  for (unsigned i = 0; i < sizeof our_signals / sizeof our_signals[0]; i++)
+    sigaddset(&sigs, our_signals[i]);
   pthread_sigmask(SIG_BLOCK, &sigs, NULL);
   /* A shell starts background jobs with SIGINT ignored, and an ignored
    * signal never reaches a signalfd: restore the default (now blocked). */
-  for (unsigned i = 0; i < sizeof stop_signals / sizeof stop_signals[0]; i++)
-    signal(stop_signals[i], SIG_DFL);
+  for (unsigned i = 0; i < sizeof our_signals / sizeof our_signals[0]; i++)
+    signal(our_signals[i], SIG_DFL);
   endfd = eventfd(0, EFD_CLOEXEC);
   int ffd = fuse_session_fd(se);
   fcntl(ffd, F_SETFL, fcntl(ffd, F_GETFL) | O_NONBLOCK);

@@ -101,6 +101,10 @@ static void apply_table(struct fs *fs, struct fs_file *disk, const struct part_t
     if (f->disk != disk)
       continue;
     pthread_mutex_lock(&f->lock);
+    if (f->disk != disk) { /* its slot was recycled for another file meanwhile */
+      pthread_mutex_unlock(&f->lock);
+      continue;
+    }
     bool keep = false;
     for (int k = 0; k < t->n && !keep && !f->gone; k++)
       if (!matched[k] && same_entry(&f->part, &t->parts[k]))

@@ -9,7 +9,8 @@
 #    description, no block sizes);
 #  - nbd-server 3.24 (simple replies only: no DF, no block status) with
 #    "plain" and "plainro" (readonly = true).
-# For every file: getfattr -d shows exactly the five attributes with the
+# For every file: getfattr -d shows exactly the five attributes (and
+# user.nbd.stats, checked by t-stats.sh) with the
 # expected values (block_size = nbdinfo's min/preferred/max, or 1/4096/32M
 # when the server advertises none; flags = nbdinfo's is_read_only, can_*,
 # is_rotational, "structured" and whether base:allocation is among the
@@ -92,7 +93,7 @@ check_file() {
   local bs_before
   bs_before=$(xattr "$f" user.nbd.block_size) || fail "$q: no user.nbd.block_size"
   getfattr --absolute-names -d "$f" 2>"$T/getfattr.err" | grep -v '^# file:' | grep -v '^$' |
-    grep -v '^user.nbd.uri=' >"$T/got.txt" || true
+    grep -v '^user.nbd.uri=' | grep -v '^user.nbd.stats=' >"$T/got.txt" || true
   diff -u "$T/want.txt" "$T/got.txt" >"$T/diff.txt" || fail "$q: attributes differ from nbdinfo's: $(cat "$T/diff.txt")"
   [ "$(xattr "$f" user.nbd.block_size)" = "$bs_before" ] ||
     fail "$q: user.nbd.block_size changed from $bs_before to $(xattr "$f" user.nbd.block_size) once opened"
@@ -105,10 +106,11 @@ import json, sys
 a, b = (json.load(open(p))["exports"][0] for p in sys.argv[1:3])
 assert a["export-name"] == b["export-name"] and a["export-size"] == b["export-size"], (a, b)' \
     "$T/info.json" "$T/info2.json" || fail "$q: user.nbd.uri '$u' names another export than '$uri'"
-  # Exactly these five attributes, in every namespace; none can be set.
+  # Exactly these attributes (user.nbd.stats is t-stats.sh's), in every
+  # namespace; none can be set.
   local names
   names=$(getfattr --absolute-names -m - "$f" 2>/dev/null | grep -v '^# file:' | grep -v '^$' | sort | tr '\n' ' ')
-  [ "$names" = "user.nbd.block_size user.nbd.description user.nbd.export user.nbd.flags user.nbd.uri " ] ||
+  [ "$names" = "user.nbd.block_size user.nbd.description user.nbd.export user.nbd.flags user.nbd.stats user.nbd.uri " ] ||
     fail "$q: listed attributes: $names"
   if setfattr -n user.nbd.export -v other "$f" 2>/dev/null || setfattr -n user.other -v x "$f" 2>/dev/null; then
     fail "$q: setting an attribute succeeded"
