@@ -191,7 +191,9 @@ bool fs_file_gone(struct fs_file *f);
 /* Read disk's partition table (its pool held by the caller; not on a
  * worker thread: this waits for the reads) and make the partition files
  * match it: new ones are added, vanished ones marked gone, unchanged ones
- * kept (same inode).  A table that fails validation gives none, logged. */
+ * kept (same inode).  A table that fails validation gives none, logged.
+ * Nothing to do when it was read and not written since (a listing that
+ * waited for the mount's scan). */
 void partitions_scan(struct fs *fs, struct fs_file *disk, struct nbd_pool *p);
 /* [off, off+len) of disk was written: the table may have changed. */
 void partitions_note_write(struct fs_file *disk, uint64_t off, uint64_t len);

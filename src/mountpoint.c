@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "names.h"
@@ -69,9 +71,51 @@ static int hold(struct mountpoint *m, char *err, size_t errlen)
   return 0;
 }
 
+/* Detach the FUSE mount at path (lazily: nothing can use a dead one). */
+static int unmount_dead(const char *path)
+{
+  if (geteuid() == 0)
+    return umount2(path, MNT_DETACH);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+      dup2(null, 1);
+      dup2(null, 2);
+    }
+    execlp("fusermount3", "fusermount3", "-u", "-z", "--", path, (char *)NULL);
+    _exit(127);
+  }
+  int status;
+  if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
+    return -1;
+  return 0;
+}
+
+/* A FUSE mount whose daemon died (kill -9, a crash) answers ENOTCONN:
+ * after systemd restarts nbdfs, the mountpoint would look missing.  Clear
+ * it (at mp itself, or at its directory for the DIR/NAME form). */
+static void clear_dead_mount(const char *mp)
+{
+  struct stat st;
+  if (stat(mp, &st) == 0 || errno != ENOTCONN)
+    return;
+  char *copy = strdup(mp);
+  const char *tries[] = { mp, copy ? dirname(copy) : NULL };
+  for (size_t i = 0; i < 2; i++) {
+    if (tries[i] && unmount_dead(tries[i]) == 0) {
+      fprintf(stderr, "nbdfs: cleared the dead FUSE mount at %s (its daemon had died)\n",
+              tries[i]);
+      break;
+    }
+  }
+  free(copy);
+}
+
 int mountpoint_resolve(struct mountpoint *m, const char *mp, const char *export_name,
                        bool exports, bool nonempty, char *err, size_t errlen)
 {
+  clear_dead_mount(mp);
   memset(m, 0, sizeof *m);
   m->held = -1;
   m->nonempty = nonempty;

@@ -124,8 +124,14 @@ void partitions_scan(struct fs *fs, struct fs_file *disk, struct nbd_pool *p)
 {
   pthread_mutex_lock(&scan_lock);
   pthread_mutex_lock(&disk->lock);
+  /* A listing during the mount's scan waited for it: nothing left to do. */
+  bool done = disk->parts_read && !disk->parts_stale;
   disk->parts_stale = false; /* a write during the scan makes it stale again */
   pthread_mutex_unlock(&disk->lock);
+  if (done) {
+    pthread_mutex_unlock(&scan_lock);
+    return;
+  }
   struct part_table t;
   int r = part_table_read(&t, nbd_pool_size(p), read_disk, p);
   if (r == -EINVAL) {

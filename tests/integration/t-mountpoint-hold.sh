@@ -8,6 +8,8 @@
 #    with the same message; --nonempty mounts over it anyway
 #  - --exports with a relative socket= (daemon mode): files open and read
 #  - a relative pid file in daemon mode
+#  - a mount left dead by a killed daemon (ENOTCONN) is cleared by the next
+#    start on the same mountpoint (systemd Restart=on-failure)
 . "$(dirname "$0")/lib.sh"
 
 MiB=1048576
@@ -82,3 +84,28 @@ fusermount3 -u "$T/d"
 wait_until 20 eval '! pid_alive "$dpid"' || fail "daemon did not exit"
 [ -e "$T/rel.pid" ] && fail "relative pid file not removed at exit"
 note "relative socket= and pid file"
+
+# ---- a dead mount (daemon killed) is cleared by the next start ----
+for form in dir named; do
+  mkdir -p "$T/dead"
+  mp=$T/dead
+  [ "$form" = named ] && mp=$T/dead/img
+  _mounts+=("$T/dead")
+  "$NBDFS" -P "$T/dead.pid" [ nbdkit memory 1M ] "$mp" >"$T/dead.log" 2>&1 ||
+    fail "$form: first mount failed: $(cat "$T/dead.log")"
+  dpid=$(cat "$T/dead.pid")
+  track_pid "$dpid"
+  kill -9 "$dpid"
+  wait_until 10 eval '! pid_alive "$dpid"' || fail "$form: daemon survived kill -9"
+  stat "$mp" >/dev/null 2>&1 && fail "$form: the mount is not dead after kill -9"
+  "$NBDFS" -P "$T/dead.pid" [ nbdkit memory 1M ] "$mp" >"$T/dead.log" 2>&1 ||
+    fail "$form: a start over the dead mount failed: $(cat "$T/dead.log")"
+  track_pid "$(cat "$T/dead.pid")"
+  grep -q 'cleared the dead FUSE mount' "$T/dead.log" || fail "$form: no message about the dead mount: $(cat "$T/dead.log")"
+  [ "$(grep -c " $T/dead fuse" /proc/mounts)" = 1 ] || fail "$form: mounts: $(grep "$T/dead" /proc/mounts)"
+  [ -f "$T/dead/$([ "$form" = named ] && echo img || echo disk)" ] || fail "$form: no file after the restart: $(ls "$T/dead")"
+  dpid=$(cat "$T/dead.pid")
+  fusermount3 -u "$T/dead"
+  wait_until 20 eval '! pid_alive "$dpid"' || fail "$form: daemon did not exit"
+done
+note "dead mounts cleared at start"
