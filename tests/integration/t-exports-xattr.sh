@@ -69,16 +69,21 @@ if "block_size_minimum" in e:
     bs = "%d/%d/%d" % (e["block_size_minimum"], e["block_size_preferred"], e["block_size_maximum"])
 else:
     bs = "1/4096/33554432"
+# (No Debian 12 server here speaks extended headers.)
 flags = ("read_only=%s flush=%s fua=%s rotational=%s trim=%s zero=%s fast_zero=%s cache=%s "
-         "multi_conn=%s df=%s structured_replies=%s block_status=%s") % (
+         "multi_conn=%s df=%s structured_replies=%s extended_headers=false block_status=%s") % (
     b("is_read_only"), b("can_flush"), b("can_fua"), b("is_rotational"), b("can_trim"),
     b("can_zero"), b("can_fast_zero"), b("can_cache"), b("can_multi_conn"), b("can_df"),
     "true" if d["structured"] else "false",
     "base:allocation" if "base:allocation" in e.get("contexts", []) else "none")
+protocol = "handshake=%s replies=%s tls=%s export_option=go" % (
+    {"newstyle-fixed": "fixed-newstyle"}.get(d["protocol"], d["protocol"]),
+    "structured" if d["structured"] else "simple", "yes" if d["TLS"] else "no")
 print('user.nbd.block_size="%s"' % bs)
 print('user.nbd.description="%s"' % e.get("description", ""))
 print('user.nbd.export="%s"' % e["export-name"])
 print('user.nbd.flags="%s"' % flags)
+print('user.nbd.protocol="%s"' % protocol)
 EOF
 }
 
@@ -93,7 +98,14 @@ check_file() {
   local bs_before
   bs_before=$(xattr "$f" user.nbd.block_size) || fail "$q: no user.nbd.block_size"
   getfattr --absolute-names -d "$f" 2>"$T/getfattr.err" | grep -v '^# file:' | grep -v '^$' |
-    grep -v '^user.nbd.uri=' | grep -v '^user.nbd.stats=' >"$T/got.txt" || true
+    grep -v '^user.nbd.uri=' | grep -v '^user.nbd.stats=' | grep -v '^user.nbd.canonical_name=' \
+    >"$T/got.txt" || true
+  # The canonical name is the server's NBD_INFO_NAME (nbdinfo does not show
+  # it): the export's own name, or "" from a server that sends none.
+  local canon
+  canon=$(xattr "$f" user.nbd.canonical_name) || fail "$q: no user.nbd.canonical_name"
+  [ -z "$canon" ] || [ "$canon" = "$(xattr "$f" user.nbd.export)" ] ||
+    fail "$q: user.nbd.canonical_name '$canon' is not the export's name"
   diff -u "$T/want.txt" "$T/got.txt" >"$T/diff.txt" || fail "$q: attributes differ from nbdinfo's: $(cat "$T/diff.txt")"
   [ "$(xattr "$f" user.nbd.block_size)" = "$bs_before" ] ||
     fail "$q: user.nbd.block_size changed from $bs_before to $(xattr "$f" user.nbd.block_size) once opened"
@@ -110,7 +122,7 @@ assert a["export-name"] == b["export-name"] and a["export-size"] == b["export-si
   # namespace; none can be set.
   local names
   names=$(getfattr --absolute-names -m - "$f" 2>/dev/null | grep -v '^# file:' | grep -v '^$' | sort | tr '\n' ' ')
-  [ "$names" = "user.nbd.block_size user.nbd.description user.nbd.export user.nbd.flags user.nbd.stats user.nbd.uri " ] ||
+  [ "$names" = "user.nbd.block_size user.nbd.canonical_name user.nbd.description user.nbd.export user.nbd.flags user.nbd.protocol user.nbd.stats user.nbd.uri " ] ||
     fail "$q: listed attributes: $names"
   if setfattr -n user.nbd.export -v other "$f" 2>/dev/null || setfattr -n user.other -v x "$f" 2>/dev/null; then
     fail "$q: setting an attribute succeeded"
