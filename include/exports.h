@@ -74,7 +74,8 @@ struct fs_file {
   bool part_alloc_known;
   bool parts_read;             /* a disk: its table was read */
   bool parts_stale;            /* a disk: the first or last MiB was written since */
-  unsigned gen;                /* bumped when it goes: handles opened before fail */
+  atomic_uint gen;             /* bumped whenever it goes: handles opened before fail
+                                * (read without the lock on every request) */
   bool probed;                 /* details probed (NBD_OPT_GO) at probed_ms, whatever came of it */
   uint64_t probed_ms;
   bool info_refused;           /* the last INFO answer was invalid (logged once) */

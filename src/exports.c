@@ -233,7 +233,7 @@ static void recycle_into(struct fs *fs, struct fs_file *f, struct fs_file *nf)
   f->part_alloc = 0;
   f->part_alloc_known = false;
   f->parts_read = f->parts_stale = false;
-  f->gen++;
+  atomic_fetch_add(&f->gen, 1);
   f->probed = false;
   f->probed_ms = 0;
   f->info_refused = false;
@@ -370,9 +370,7 @@ void fs_file_forget(struct fs *fs, uint64_t ino, uint64_t nlookup)
 
 unsigned fs_file_gen(struct fs_file *f)
 {
-  pthread_mutex_lock(&f->lock);
-  unsigned g = f->gen;
-  pthread_mutex_unlock(&f->lock);
+  unsigned g = atomic_load_explicit(&f->gen, memory_order_acquire);
   /* Both only grow, so the sum changes when either does. */
   return f->disk ? g + fs_file_gen(f->disk) : g;
 }
@@ -577,7 +575,7 @@ int fs_list_exports(struct fs *fs, char *err, size_t errlen)
     if (went) {
       log_info("export '%s' is no longer listed by the server", f->name);
       f->gone = true;
-      f->gen++;          /* its open handles fail from now on */
+      atomic_fetch_add(&f->gen, 1); /* its open handles fail from now on */
       f->probed = false; /* if it comes back, it may be another export */
     }
     uint64_t ino = f->ino;

@@ -464,6 +464,9 @@ static void open_ready(void *arg, struct fs_file *f, int err)
   bool ro = f->readonly;
   pthread_mutex_unlock(&f->lock);
   struct fs_handle *h = NULL;
+  /* The generation first: a file goes (gone, then gen bumped) under its
+   * lock, so if this reads the new one, the check below sees it gone. */
+  unsigned gen = fs_file_gen(f);
   /* It went while the pool opened, or the kernel's entry is stale, or its
    * slot went to another export meanwhile (another inode number). */
   if (fs_file_gone(f) || f->ino != o->ino) {
@@ -476,7 +479,7 @@ static void open_ready(void *arg, struct fs_file *f, int err)
     fs_file_release(o->fs, f);
     fuse_reply_err(o->req, ENOMEM);
   } else {
-    *h = (struct fs_handle){ .f = f, .pool = pool, .writable = writable, .gen = fs_file_gen(f),
+    *h = (struct fs_handle){ .f = f, .pool = pool, .writable = writable, .gen = gen,
                              .base = f->disk ? f->part.start : 0,
                              .size = f->disk ? f->part.length : nbd_pool_size(pool) };
     handle_track(h);
@@ -676,7 +679,7 @@ static void read_complete(struct nbd_op *op, int err)
  * and unflushed writes belong to the old one: reopening is the way back. */
 static bool handle_gone(struct fs_handle *h)
 {
-  return fs_file_gone(h->f) || fs_file_gen(h->f) != h->gen;
+  return fs_file_gen(h->f) != h->gen; /* every way of going bumps it */
 }
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,

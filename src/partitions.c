@@ -109,9 +109,11 @@ static void apply_table(struct fs *fs, struct fs_file *disk, const struct part_t
     for (int k = 0; k < t->n && !keep && !f->gone; k++)
       if (!matched[k] && same_entry(&f->part, &t->parts[k]))
         keep = matched[k] = true;
-    if (!keep && !f->gone)
+    if (!keep && !f->gone) {
       log_info("%s: partition %d is no longer in the table", disk->name, f->part.number);
-    f->gone = f->gone || !keep; /* a vanished partition never comes back as the same file */
+      f->gone = true; /* a vanished partition never comes back as the same file */
+      atomic_fetch_add(&f->gen, 1); /* its open handles fail from now on */
+    }
     pthread_mutex_unlock(&f->lock);
   }
   for (int k = 0; k < t->n; k++)
