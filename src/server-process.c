@@ -7,11 +7,14 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -29,7 +32,7 @@ struct server_process {
   int pidfd;              /* readable once it exits; -1 without pidfd support */
   int fd;                 /* STDIO: our end of the socketpair */
   char dir[PATH_MAX];     /* ACTIVATE: the private directory */
-  char sock[PATH_MAX];    /* ACTIVATE: dir/sock */
+  char sock[PATH_MAX + 8]; /* ACTIVATE: dir/sock */
   char desc[160];
   /* its stdout and stderr, logged line by line */
   int log_rd;
@@ -94,19 +97,38 @@ static void *log_main(void *arg)
 
 /* ---- starting ---- */
 
+/* mkdir base/nbdfs-RANDOM, mode 0700, into dir; a random name that is
+ * taken (by chance or planted) is simply another try.  -1 + errno. */
+static int make_private_dir(char *dir, size_t len, const char *base)
+{
+  for (int tries = 0; tries < 32; tries++) {
+    uint32_t r;
+    if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+      r = (uint32_t)getpid() * 2654435761u + (uint32_t)tries; /* still unique per try */
+    if (snprintf(dir, len, "%s/nbdfs-%08x", base, r) >= (int)len) {
+      errno = ENAMETOOLONG;
+      return -1;
+    }
+    if (mkdir(dir, 0700) == 0)
+      return 0;
+    if (errno != EEXIST)
+      return -1;
+  }
+  return -1; /* errno: EEXIST */
+}
+
 /* A private directory for the socket: the runtime directory if there is
  * one (short paths: sun_path holds 108 bytes), else the temporary one. */
 static int make_socket_dir(struct server_process *sp, char *err, size_t errlen)
 {
   const char *bases[] = { getenv("XDG_RUNTIME_DIR"), getenv("TMPDIR"), "/tmp" };
+  const size_t sun_len = sizeof ((struct sockaddr_un *)0)->sun_path;
   for (size_t i = 0; i < sizeof bases / sizeof bases[0]; i++) {
     const char *b = bases[i];
-    if (!b || b[0] != '/')
+    /* base + "/nbdfs-" + 8 hex digits + "/sock" and its NUL must fit */
+    if (!b || b[0] != '/' || strlen(b) + 7 + 8 + 5 + 1 > sun_len)
       continue;
-    if (snprintf(sp->dir, sizeof sp->dir, "%s/nbdfs-XXXXXX", b) >= (int)sizeof sp->dir ||
-        strlen(sp->dir) + 6 > sizeof ((struct sockaddr_un *)0)->sun_path)
-      continue;
-    if (mkdtemp(sp->dir)) {
+    if (make_private_dir(sp->dir, sizeof sp->dir, b) == 0) {
       snprintf(sp->sock, sizeof sp->sock, "%s/sock", sp->dir);
       return 0;
     }
