@@ -92,6 +92,7 @@ struct nbd_pool {
   struct wlog *wlog;          /* NULL: nothing retained (no FLUSH, or --replay-limit 0) */
   atomic_uint_fast64_t writes_done;  /* completed data changes, the sequence of wlog entries */
   atomic_uint_fast64_t flushed_upto; /* writes_done covered by a finished FLUSH */
+  atomic_uint_fast64_t last_unsafe;  /* the latest change made without FUA (its seq) */
   atomic_uint_fast64_t unretained_upto; /* last write that could not be retained */
   bool replay_needed, replaying;
   unsigned replay_outstanding;
@@ -488,7 +489,9 @@ void nbd_pool_block_status(struct nbd_pool *p, struct nbd_op *op, uint64_t offse
 
 bool nbd_pool_needs_flush(const struct nbd_pool *p)
 {
-  return atomic_load(&p->flushed_upto) < atomic_load(&p->writes_done) || p->lost_err;
+  /* Changes sent with FUA are durable already: a FLUSH after only those
+   * (an O_DSYNC writer's) would be a wasted round trip. */
+  return atomic_load(&p->flushed_upto) < atomic_load(&p->last_unsafe) || p->lost_err;
 }
 
 static void flush_done(void *arg, int err)
@@ -547,8 +550,15 @@ static void note_change(struct nbd_pool *p, struct nbd_cmd *cmd, int err)
     return;
   bool flush_now = false;
   uint64_t seq = atomic_fetch_add(&p->writes_done, 1) + 1;
+  bool fua = cmd->flags & NBD_CMD_FLAG_FUA;
+  if (!fua) {
+    uint64_t last = atomic_load(&p->last_unsafe);
+    while (last < seq && !atomic_compare_exchange_weak(&p->last_unsafe, &last, seq)) {
+    }
+  }
   if (!p->wlog) { /* nothing retained: a loss makes the next flush fail */
-    atomic_store(&p->unretained_upto, seq);
+    if (!fua)
+      atomic_store(&p->unretained_upto, seq);
     return;
   }
   pthread_mutex_lock(&p->lock);
