@@ -566,7 +566,7 @@ static void note_change(struct nbd_pool *p, struct nbd_cmd *cmd, int err)
                cmd->type == NBD_CMD_WRITE ? cmd->wb : NULL,
                cmd->type == NBD_CMD_WRITE ? cmd->buf : NULL, seq) < 0)
     atomic_store(&p->unretained_upto, seq);
-  if (p->wlog && wlog_bytes(p->wlog) > p->o.replay_limit && !p->early_flush &&
+  if (p->wlog && wlog_bytes(p->wlog) > p->o.replay_limit / 2 && !p->early_flush &&
       p->state == POOL_OPEN) {
     p->early_flush = flush_now = true;
     nbd_op_init(&p->early_op, early_flush_done);
