@@ -44,6 +44,12 @@ bool extents_allocated_known(struct nbd_pool *p, uint64_t *bytes, bool *fresh);
  * once, maybe before this returns. */
 void extents_allocated(struct nbd_pool *p, extents_alloc_fn cb, void *arg);
 
+/* A background recount for stat: started (true, cb runs once) only when
+ * the known size is stale, no count is under way, and the last one ended
+ * long enough ago that counting takes at most a tenth of the time (at least
+ * a second apart).  false: nothing started, cb is not called. */
+bool extents_allocated_refresh(struct nbd_pool *p, extents_alloc_fn cb, void *arg);
+
 /* The bytes allocated in [start, end) (a partition), by a scan of its own;
  * cb runs exactly once, maybe before this returns. */
 void extents_allocated_range(struct nbd_pool *p, uint64_t start, uint64_t end,

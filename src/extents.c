@@ -37,6 +37,8 @@ struct extent_cache {
   uint64_t alloc_bytes, alloc_expires_ms;
   bool alloc_running;        /* one scan at a time: callers join it */
   struct alloc_waiter *alloc_waiters;
+  uint64_t alloc_started_ms;   /* the last scan's start and end: background */
+  uint64_t alloc_ended_ms;     /* recounts keep to a tenth of the time */
 };
 
 static uint64_t now_ms(void)
@@ -176,7 +178,7 @@ typedef void (*finish_fn)(struct scan *s);
 struct scan {
   struct nbd_op op;
   struct nbd_pool *pool;
-  uint64_t pos, end;
+  uint64_t start, pos, end;
   uint64_t gen;           /* cache generation when the request was sent */
   unsigned budget;
   visit_fn visit;
@@ -198,6 +200,7 @@ struct scan {
 };
 
 static void scan_run(struct scan *s);
+static bool alloc_visit(struct scan *s, uint64_t start, uint64_t len, uint32_t flags);
 
 static bool visit_range(struct scan *s, uint64_t start, uint64_t len, uint32_t flags)
 {
@@ -267,6 +270,14 @@ static void scan_run(struct scan *s)
   struct nbd_pool *p = s->pool;
   struct extent_cache *ec = cache_of(p);
   while (!s->stopped && s->pos < s->end) {
+    if (s->budget == 0 && s->visit == alloc_visit && s->pos > s->start) {
+      /* A count that ran out of requests: the rest is estimated from the
+       * part counted (an all-hole export is not reported as data). */
+      uint64_t done = s->pos - s->start, rest = s->end - s->pos;
+      s->sum += (uint64_t)((unsigned __int128)rest * s->sum / done);
+      s->pos = s->end;
+      continue;
+    }
     if (!ec || !nbd_pool_has_block_status(p) || s->budget == 0) {
       visit_range(s, s->pos, s->end - s->pos, 0);
       continue;
@@ -309,7 +320,7 @@ static struct scan *scan_new(struct nbd_pool *p, uint64_t start, uint64_t end, v
   if (!s)
     return NULL;
   s->pool = p;
-  s->pos = start;
+  s->start = s->pos = start;
   s->end = end;
   s->budget = SCAN_BUDGET;
   s->visit = v;
@@ -402,6 +413,7 @@ static void alloc_finish(struct scan *s)
     w = ec->alloc_waiters;
     ec->alloc_waiters = NULL;
     ec->alloc_running = false;
+    ec->alloc_ended_ms = now_ms();
     pthread_mutex_unlock(&ec->lock);
   }
   uint64_t sum = s->sum;
@@ -449,6 +461,8 @@ void extents_allocated(struct nbd_pool *p, extents_alloc_fn cb, void *arg)
   ec->alloc_waiters = w;
   bool start = !ec->alloc_running;
   ec->alloc_running = true;
+  if (start)
+    ec->alloc_started_ms = now_ms();
   uint64_t gen = ec->gen;
   pthread_mutex_unlock(&ec->lock);
   if (!start)
@@ -466,6 +480,23 @@ void extents_allocated(struct nbd_pool *p, extents_alloc_fn cb, void *arg)
   }
   s->start_gen = gen;
   scan_run(s);
+}
+
+bool extents_allocated_refresh(struct nbd_pool *p, extents_alloc_fn cb, void *arg)
+{
+  struct extent_cache *ec = cache_of(p);
+  if (!ec || !nbd_pool_has_block_status(p))
+    return false;
+  pthread_mutex_lock(&ec->lock);
+  uint64_t now = now_ms();
+  bool fresh = ec->alloc_valid && ec->alloc_expires_ms > now;
+  uint64_t took = ec->alloc_ended_ms - ec->alloc_started_ms;
+  bool due = !ec->alloc_known || now >= ec->alloc_ended_ms + (took * 9 > 1000 ? took * 9 : 1000);
+  bool go = !fresh && !ec->alloc_running && due;
+  pthread_mutex_unlock(&ec->lock);
+  if (go)
+    extents_allocated(p, cb, arg);
+  return go;
 }
 
 /* A range's count: a scan of its own, not cached as the whole export's. */
