@@ -28,6 +28,8 @@ struct transport {
   int fd;               /* the socket, or -1 */
   void *priv;
   char last_error[160]; /* what a failed recv/send could say more (TLS alerts) */
+  bool short_recv_drains; /* a recv that got less than asked emptied it (a plain
+                           * socket; not TLS, which may hold decrypted bytes) */
 };
 
 /* Connect to the server the URI names.  timeout_s bounds the connect (0: the

@@ -337,6 +337,10 @@ int rx_feed(struct nbd_conn *c)
     return -1;
   }
   size_t budget = FEED_BUDGET;
+  /* Once a recv came back short, the socket is empty: asking again would
+   * only return EAGAIN (a syscall per reply at queue depth 1); epoll is
+   * level-triggered and reports what arrives meanwhile. */
+  bool drained = false;
   for (;;) {
     while (x->got < x->need) {
       size_t left = x->need - x->got;
@@ -351,18 +355,24 @@ int rx_feed(struct nbd_conn *c)
       }
       if (budget == 0)
         return 1;
+      if (drained)
+        return 0;
       ssize_t r;
+      size_t asked;
       if (x->dst && left >= RECV_DIRECT_MIN) {
+        asked = left;
         r = c->t->ops->recv(c->t, x->dst + x->got, left);
         if (r > 0)
           x->got += (size_t)r;
       } else {
+        asked = RBUF_SIZE;
         r = c->t->ops->recv(c->t, c->rbuf, RBUF_SIZE);
         if (r > 0) {
           c->rpos = 0;
           c->rend = (size_t)r;
         }
       }
+      drained = r > 0 && (size_t)r < asked && c->t->short_recv_drains;
       if (r > 0) {
         c->last_rx_ms = conn_now_ms();
         budget = (size_t)r < budget ? budget - (size_t)r : 0;

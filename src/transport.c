@@ -64,6 +64,7 @@ struct transport *transport_from_fd(int fd)
   if (!t)
     return NULL;
   t->ops = &sock_ops;
+  t->short_recv_drains = true;
   t->fd = fd;
   return t;
 }
