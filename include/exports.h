@@ -16,6 +16,7 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "cache-mode.h"
 #include "extents.h"
 #include "handshake.h"
 #include "partition.h"
@@ -72,6 +73,10 @@ struct fs_file {
   struct part_entry part;      /* a partition file: its table entry */
   uint64_t part_alloc;         /* a partition file: allocated bytes, last counted */
   bool part_alloc_known;
+  bool part_scan_running;      /* a background recount is under way */
+  atomic_bool past_end_lost;   /* cached writes past the end were dropped: the next
+                                * fsync or close through any handle says ENOSPC */
+  uint64_t part_scanned_ms;    /* when the last count began (CLOCK_MONOTONIC) */
   bool parts_read;             /* a disk: its table was read */
   bool parts_stale;            /* a disk: the first or last MiB was written since */
   atomic_uint gen;             /* bumped whenever it goes: handles opened before fail
@@ -101,7 +106,8 @@ struct fs {
   uint64_t hash_seed;          /* random: a server cannot aim names at one bucket */
   int *free_slots;             /* gone files that may be recyclable (files_lock) */
   int nfree, free_cap;
-  bool direct_io;
+  enum cache_mode cache;       /* --cache */
+  bool writeback;              /* the kernel's writeback cache is on (fs_init) */
   bool readonly;               /* -r */
   uid_t uid;                   /* owner of the files (-o uid=, default: the mounting user) */
   gid_t gid;

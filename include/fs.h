@@ -22,6 +22,22 @@ void fs_reply_thread_stop(void);
  * still open; the loops are stopped). */
 void fs_free_handles(void);
 
+/* Stopping on a signal with the writeback cache, the mount still there:
+ * write back the kernel's dirty pages of every file open for writing (an
+ * fsync of each through mount_path, the mounted directory or file) while
+ * the workers still serve, so that the final FLUSH covers them.  -1 when
+ * any could not be written (logged). */
+int fs_write_back(struct fs *fs, const char *mount_path);
+
+/* Admission: the write payloads nbdfs holds for requests in flight are
+ * bounded, so a burst of writeback (up to max_background
+ * requests of 1 MiB) waits in the kernel, where its pages
+ * are anyway, instead of being copied into nbdfs's memory.  A worker asks
+ * before reading the next FUSE request: true, go ahead; false, stop
+ * reading, and resume(arg) will be called once (from whichever thread
+ * finishes a request) when enough has been answered. */
+bool fs_admit(void (*resume)(void *arg), void *arg);
+
 /* ---- xattr.c: extended attributes describing an export ---- */
 
 /* The names, NUL-separated, into buf (or the size needed when size is 0). */

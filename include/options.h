@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+#include "cache-mode.h"
 #include "tls.h"
 
 /* Where the server comes from. */
@@ -49,7 +50,7 @@ struct nbdfs_options {
   int replay_limit_mib;   /* --replay-limit: unflushed acknowledged writes kept
                            * for replay; past it, FLUSH early */
   int connect_timeout_s;  /* --connect-timeout */
-  bool direct_io;         /* --direct-io */
+  enum cache_mode cache;  /* --cache (--direct-io: none) */
   int threads;            /* --threads: worker loops */
   bool exports;           /* --exports: whole server as a directory */
   struct tls_options tls; /* --tls and friends */

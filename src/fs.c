@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -82,6 +83,48 @@ void fs_free_handles(void)
   pthread_mutex_unlock(&handles_lock);
 }
 
+int fs_write_back(struct fs *fs, const char *mount_path)
+{
+  /* The files that may have dirty pages: those open (close writes back). */
+  pthread_mutex_lock(&handles_lock);
+  size_t n = 0;
+  for (struct fs_handle *h = handles; h; h = h->next)
+    n++;
+  struct fs_file **open_files = calloc(n ? n : 1, sizeof *open_files);
+  size_t k = 0;
+  for (struct fs_handle *h = handles; h && open_files; h = h->next) {
+    bool seen = false;
+    for (size_t i = 0; i < k && !seen; i++)
+      seen = open_files[i] == h->f;
+    if (!seen && h->writable)
+      open_files[k++] = h->f;
+  }
+  pthread_mutex_unlock(&handles_lock);
+  if (!open_files)
+    return -1;
+  int rc = 0;
+  for (size_t i = 0; i < k; i++) {
+    /* Files live as long as the mount; names never change. */
+    char *path = NULL;
+    if (fs->mode == FS_NAKED ? !(path = strdup(mount_path))
+                             : asprintf(&path, "%s/%s", mount_path, open_files[i]->name) < 0)
+      return -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    /* fsync reports writeback errors from after the open: every page is
+     * written back within it. */
+    if (fd < 0 || fsync(fd) < 0) {
+      log_error("writing back cached writes to %s failed (acknowledged writes are lost): %s",
+                path, strerror(errno));
+      rc = -1;
+    }
+    if (fd >= 0)
+      close(fd);
+    free(path);
+  }
+  free(open_files);
+  return rc;
+}
+
 static struct fs_handle *handle_of(struct fuse_file_info *fi)
 {
   return (struct fs_handle *)(uintptr_t)fi->fh;
@@ -100,6 +143,13 @@ static struct log_limit write_fail = LOG_LIMIT_INIT;
 static struct log_limit flush_fail = LOG_LIMIT_INIT;
 static struct log_limit fallocate_fail = LOG_LIMIT_INIT;
 static struct log_limit lseek_fail = LOG_LIMIT_INIT;
+
+static uint64_t mono_ms(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 static void fill_times(struct fs *fs, struct stat *st)
 {
@@ -133,8 +183,10 @@ static void perm_apply(const struct fs *fs, struct fs_perm *p, mode_t dflt,
     p->gid = fs->gid;
     p->set = true;
   }
+  /* No set-user/group-ID bits: nothing runs from an export, and the kernel
+   * is told (FUSE_HANDLE_KILLPRIV_V2) that no file ever has them. */
   if (to_set & FUSE_SET_ATTR_MODE)
-    p->mode = attr->st_mode & 07777;
+    p->mode = attr->st_mode & 01777;
   if (to_set & FUSE_SET_ATTR_UID)
     p->uid = attr->st_uid;
   if (to_set & FUSE_SET_ATTR_GID)
@@ -146,9 +198,9 @@ static void perm_apply(const struct fs *fs, struct fs_perm *p, mode_t dflt,
 
 /* Fill st; returns how long the kernel may keep it.  st_blocks is what
  * block status last reported (pool held), however old, so that stat never
- * waits for the server; while that is not fresh the timeout is 0, so the
- * next stat asks again (and sees the background scan's answer).  The
- * whole size when the server cannot tell or the export is not open. */
+ * waits for the server: a recount runs in the background and tells the
+ * kernel to ask again when the count changed.  The whole size when the
+ * server cannot tell or the export is not open. */
 static double file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held, struct stat *st)
 {
   memset(st, 0, sizeof *st);
@@ -164,63 +216,97 @@ static double file_stat(struct fs *fs, struct fs_file *f, struct nbd_pool *held,
   st->st_mode |= S_IFREG;
   pthread_mutex_unlock(&f->lock);
   uint64_t alloc = size, bytes;
-  double timeout = ATTR_TIMEOUT;
-  bool fresh;
+  bool fresh, counted = true;
   if (f->disk) {
-    /* A partition is counted afresh by every getattr (a scan of its range). */
     if (part_known)
       alloc = part_alloc;
-    timeout = 0;
+    counted = part_known || !held;
   } else if (held && nbd_pool_has_block_status(held)) {
-    if (extents_allocated_known(held, &bytes, &fresh))
+    counted = extents_allocated_known(held, &bytes, &fresh);
+    if (counted)
       alloc = bytes;
-    if (!fresh)
-      timeout = 0;
   }
   st->st_ino = f->ino;
   st->st_nlink = 1;
   st->st_size = (off_t)size;
   st->st_blocks = (blkcnt_t)((alloc + 511) / 512);
-  return timeout;
+  /* Not counted yet: the next stat asks (and waits for the first count). */
+  return counted ? ATTR_TIMEOUT : 0;
 }
 
-/* Allocation not known, or no longer fresh (written since, or expired). */
-static bool alloc_stale(struct nbd_pool *p)
+/* Nothing counted yet: the first stat waits (briefly) for a count. */
+static bool alloc_unknown(struct fs_file *f, struct nbd_pool *p)
 {
+  if (f->disk) {
+    pthread_mutex_lock(&f->lock);
+    bool known = f->part_alloc_known;
+    pthread_mutex_unlock(&f->lock);
+    return !known;
+  }
   uint64_t bytes;
   bool fresh;
-  if (!nbd_pool_has_block_status(p))
-    return false;
-  extents_allocated_known(p, &bytes, &fresh);
-  return !fresh;
+  return nbd_pool_has_block_status(p) && !extents_allocated_known(p, &bytes, &fresh);
 }
 
+/* A background recount; the file (and its pool) is held until it ends. */
 struct alloc_scan {
   struct fs *fs;
   struct fs_file *f;
+  uint64_t before;   /* st_blocks' bytes when it began */
 };
 
 static void alloc_scanned(void *arg, uint64_t bytes)
 {
-  (void)bytes; /* cached now: the next stat picks it up */
   struct alloc_scan *a = arg;
-  fs_file_release(a->fs, a->f);
+  struct fs_file *f = a->f;
+  if (f->disk) {
+    pthread_mutex_lock(&f->lock);
+    f->part_alloc = bytes;
+    f->part_alloc_known = true;
+    f->part_scan_running = false;
+    pthread_mutex_unlock(&f->lock);
+  }
+  /* Only the attributes (offset -1): cached pages stay. */
+  if (bytes != a->before && a->fs->se)
+    fuse_lowlevel_notify_inval_inode(a->fs->se, f->ino, -1, 0);
+  fs_file_release(a->fs, f);
   free(a);
 }
 
-/* Compute the allocated size in the background (joining a scan under
- * way).  The scan holds the pool (a user of the file) until it ends, so an
- * idle close cannot pull it away. */
+/* Start a recount when the known one is stale (rate-limited: see
+ * extents_allocated_refresh; a partition at most once a second). */
 static void refresh_allocated(struct fs *fs, struct fs_file *f, struct nbd_pool *held)
 {
-  if (!alloc_stale(held))
+  if (!nbd_pool_has_block_status(held))
     return;
   struct alloc_scan *a = malloc(sizeof *a);
   if (!a)
     return;
-  *a = (struct alloc_scan){ fs, f };
+  *a = (struct alloc_scan){ fs, f, 0 };
   fs_file_hold(f); /* the same pool: held already */
-  extents_allocated(held, alloc_scanned, a);
+  if (f->disk) {
+    uint64_t now = mono_ms();
+    pthread_mutex_lock(&f->lock);
+    bool go = !f->part_scan_running && now >= f->part_scanned_ms + 1000;
+    if (go) {
+      f->part_scan_running = true;
+      f->part_scanned_ms = now;
+      a->before = f->part_alloc;
+    }
+    pthread_mutex_unlock(&f->lock);
+    if (go) {
+      extents_allocated_range(held, f->part.start, f->part.start + f->part.length, alloc_scanned,
+                              a);
+      return;
+    }
+  } else {
+    bool fresh;
+    extents_allocated_known(held, &a->before, &fresh);
+    if (extents_allocated_refresh(held, alloc_scanned, a))
+      return;
+  }
+  fs_file_release(fs, f);
+  free(a);
 }
 
 /* How long stat waits for a block status scan before answering with the
@@ -243,13 +329,6 @@ struct stat_wait {
   struct stat_wait *next;
 };
 
-static uint64_t mono_ms(void)
-{
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void stat_wait_answer(struct stat_wait *w)
 {
   if (!atomic_exchange(&w->answered, true)) {
@@ -270,6 +349,7 @@ static void stat_scanned(void *arg, uint64_t bytes)
     pthread_mutex_lock(&w->f->lock);
     w->f->part_alloc = bytes;
     w->f->part_alloc_known = true;
+    w->f->part_scanned_ms = mono_ms();
     pthread_mutex_unlock(&w->f->lock);
   } /* a disk's is cached by the extent cache: file_stat picks it up */
   stat_wait_answer(w);
@@ -292,15 +372,31 @@ static void dir_stat(struct fs *fs, struct stat *st)
 
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
 {
-  (void)userdata;
+  struct fs *fs = userdata;
+  /* Mounted over a file, the file is the root inode, which the kernel made
+   * with size 0 before nbdfs could say anything; with the writeback cache
+   * it keeps trusting its own size, so that form caches reads only. */
+  if (fs->cache == CACHE_WRITEBACK && fs->mode == FS_NAKED)
+    log_info("mounted over a file: --cache=writeback works as --cache=read");
+  else if (fs->cache == CACHE_WRITEBACK && !(conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+    log_warn("the kernel has no FUSE writeback cache: --cache=writeback works as --cache=read");
+  else if (fs->cache == CACHE_WRITEBACK)
+    conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+  fs->writeback = conn->want & FUSE_CAP_WRITEBACK_CACHE;
+
   /* Async direct I/O and readahead need more background requests than the
    * default 12 to keep many NBD requests in flight. */
   conn->max_background = 256;
   conn->congestion_threshold = 192;
-  /* O_TRUNC reaches open() instead of a separate truncate, where it is
-   * ignored: like a block device, the export keeps its size. */
-  if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+  /* O_TRUNC is ignored: like a block device, the export keeps its size.
+   * Without the writeback cache it reaches open() (atomic O_TRUNC), where
+   * it is dropped.  With it, the kernel would then set its own idea of the
+   * size to 0 and keep it (it trusts its cached size), so O_TRUNC must come
+   * as a truncation to 0, which fs_setattr answers with the real size. */
+  if ((conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) && !fs->writeback)
     conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+  else
+    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
   /* mtime never changes here, so re-checking attributes on every read
    * would only cost round trips. */
   conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
@@ -321,7 +417,7 @@ static void fs_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
                                 .entry_timeout = fs->mode == FS_EXPORTS ? EXPORT_ENTRY_TIMEOUT
                                                                         : ENTRY_TIMEOUT };
   struct nbd_pool *p = fs_file_hold(f);
-  if (p && !f->disk)
+  if (p)
     refresh_allocated(fs, f, p);
   e.attr_timeout = file_stat(fs, f, p, &e.attr);
   if (p)
@@ -358,9 +454,16 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
     fuse_reply_attr(req, &st, ATTR_TIMEOUT);
     return;
   }
+  /* A file whose export (or partition) went: its descriptors fail, and
+   * so does this, which the kernel asks before a cached write() (so that,
+   * with the writeback cache too, writing to it fails at once). */
+  if (fs_file_gone(f)) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
   struct nbd_pool *p = fs_file_hold(f);
-  if (p && (f->disk || alloc_stale(p))) {
-    /* Ask the server, but answer by the deadline whatever happens. */
+  if (p && alloc_unknown(f, p)) {
+    /* The first count: ask the server, but answer by the deadline. */
     struct stat_wait *w = malloc(sizeof *w);
     if (w) {
       w->req = req;
@@ -380,9 +483,9 @@ static void fs_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
       }
       free(w);
     }
-    if (!f->disk)
-      refresh_allocated(fs, f, p);
   }
+  if (p)
+    refresh_allocated(fs, f, p);
   double timeout = file_stat(fs, f, p, &st);
   if (p)
     fs_file_release(fs, f);
@@ -409,7 +512,6 @@ static void dir_setattr(fuse_req_t req, struct fs *fs, const struct stat *attr, 
 static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
                        struct fuse_file_info *fi)
 {
-  (void)fi;
   struct fs *fs = fs_of(req);
   struct fs_file *f = fs_file_by_ino(fs, ino);
   if (!f) {
@@ -423,7 +525,11 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
   uint64_t size = f->info.size;
   bool ro = f->readonly;
   pthread_mutex_unlock(&f->lock);
-  if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != size) {
+  /* With the writeback cache an open's O_TRUNC arrives as this, with no
+   * handle (see fs_init); truncate(2) of the path to 0 looks the same and
+   * is ignored alike.  The reply's size puts the kernel right. */
+  bool o_trunc = fs->writeback && attr->st_size == 0 && !fi;
+  if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != size && !o_trunc) {
     log_info("export '%s': refusing to change the size to %lld bytes (exports have a fixed size)",
              f->name ? f->name : f->export_name, (long long)attr->st_size);
     fuse_reply_err(req, ro ? EROFS : EPERM);
@@ -487,7 +593,7 @@ static void open_ready(void *arg, struct fs_file *f, int err)
     /* O_DIRECT asks to bypass the cache anyway; a direct_io handle also
      * spares every write the kernel's security.capability lookup (one
      * synchronous round trip per write on cached handles). */
-    o->fi.direct_io = o->fs->direct_io || (o->fi.flags & O_DIRECT);
+    o->fi.direct_io = o->fs->cache == CACHE_NONE || (o->fi.flags & O_DIRECT);
     o->fi.keep_cache = 0;
     if (fuse_reply_open(o->req, &o->fi) != 0) { /* interrupted: no release will come */
       fs_file_release(o->fs, f);
@@ -519,6 +625,61 @@ static void fs_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
   o->fs = fs;
   o->ino = ino;
   fs_file_acquire(fs, f, open_ready, o);
+}
+
+/* ---- admission ---- */
+
+/* Past this many bytes of writes in flight, workers stop reading requests
+ * until half of it is answered.  8 MiB keeps eight 1 MiB requests or
+ * thousands of small ones going (as many as max_background allows).  Only
+ * writes count: their payload is copied in as the request is read, and a
+ * writeback burst is up to max_background MiB of it.  A read's buffer is
+ * allocated as it is sent, and there is no more of them than callers wait
+ * for (readahead's window, an O_DIRECT caller's queue depth); parking for
+ * them would also put stat behind a long queue of reads. */
+#define INFLIGHT_MAX (8u << 20)
+#define MAX_PARKED 16 /* one per worker (--threads is at most 16) */
+
+static atomic_uint_least64_t inflight;
+static pthread_mutex_t park_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct parked {
+  void (*fn)(void *arg);
+  void *arg;
+} parked[MAX_PARKED];
+static int nparked;
+
+bool fs_admit(void (*resume)(void *arg), void *arg)
+{
+  if (atomic_load(&inflight) < INFLIGHT_MAX)
+    return true;
+  pthread_mutex_lock(&park_lock);
+  /* Checked again under the lock: a finish that crosses below half takes
+   * the lock after this, so it cannot miss this worker. */
+  bool ok = atomic_load(&inflight) < INFLIGHT_MAX || nparked == MAX_PARKED;
+  if (!ok)
+    parked[nparked++] = (struct parked){ resume, arg };
+  pthread_mutex_unlock(&park_lock);
+  return ok;
+}
+
+static void inflight_add(uint64_t len)
+{
+  atomic_fetch_add(&inflight, len);
+}
+
+static void inflight_done(uint64_t len)
+{
+  uint64_t before = atomic_fetch_sub(&inflight, len);
+  if (before < INFLIGHT_MAX / 2 || before - len >= INFLIGHT_MAX / 2)
+    return;
+  pthread_mutex_lock(&park_lock);
+  struct parked wake[MAX_PARKED];
+  int n = nparked;
+  memcpy(wake, parked, (size_t)n * sizeof *wake);
+  nparked = 0;
+  pthread_mutex_unlock(&park_lock);
+  for (int i = 0; i < n; i++)
+    wake[i].fn(wake[i].arg);
 }
 
 /* ---- read ---- */
@@ -732,6 +893,8 @@ struct write_op {
   size_t len;
   bool flush_after;  /* O_DSYNC without FUA: FLUSH before answering */
   bool flushing;
+  bool cut_short;    /* written back across the end: the file's next fsync/close fails */
+  struct fs_file *file;
   struct nbd_stats *stats;
   uint64_t start_ns;
 };
@@ -748,6 +911,13 @@ static void write_complete(struct nbd_op *op, int err)
     return;
   }
   stats_count(w->stats, STATS_WRITE, w->start_ns, w->len, err != 0);
+  inflight_done(w->len);
+  if (!err && w->cut_short) {
+    atomic_store(&w->file->past_end_lost, true);
+    log_failure(&write_fail, "%s: write-back of cached pages past the end at offset %llu refused "
+                "(the %zu bytes before the end were written); the next fsync or close reports "
+                "ENOSPC", nbd_pool_desc(w->pool), (unsigned long long)(w->off + w->len), w->len);
+  }
   if (err) {
     log_failure(&write_fail, "%s: %s of %zu bytes at offset %llu failed: %s",
                 nbd_pool_desc(w->pool), w->flushing ? "flush after a synchronous write" : "write",
@@ -782,8 +952,14 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
     fuse_reply_err(req, ENOSPC);
     return;
   }
-  if (size > fsize - (uint64_t)off)
-    size = fsize - (uint64_t)off; /* short write up to the end */
+  /* A write across the end is short.  The kernel takes a short write-back
+   * of cached pages as done, dropping the rest without a word, and an
+   * error for one that crosses the end leaves its pages under writeback
+   * for good (Linux 6.18: fsync hangs); so the part inside lands, the
+   * reply is short, and the file's next fsync or close reports ENOSPC. */
+  bool past_end = size > fsize - (uint64_t)off;
+  if (past_end)
+    size = fsize - (uint64_t)off;
   off += (off_t)h->base;
   struct fs *fs = fs_of(req);
   if (fs->partitions)
@@ -803,8 +979,11 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   w->len = size;
   w->flush_after = sync && !flags;
   w->flushing = false;
+  w->cut_short = past_end && fi->writepage;
+  w->file = h->f;
   w->stats = stats_of(h);
   w->start_ns = stats_now();
+  inflight_add(size);
   blockio_write(pool, &w->op, flags, (uint64_t)off, size, buf);
   nbd_op_put(&w->op);
 }
@@ -818,6 +997,7 @@ struct flush_op {
   const char *what;
   struct nbd_stats *stats; /* NULL: nothing to flush, not counted */
   uint64_t start_ns;
+  int lost;                /* ENOSPC: cached writes past the end were dropped */
 };
 
 static void flush_complete(struct nbd_op *op, int err)
@@ -827,7 +1007,7 @@ static void flush_complete(struct nbd_op *op, int err)
     stats_count(r->stats, STATS_FLUSH, r->start_ns, 0, err != 0);
   if (err)
     log_failure(&flush_fail, "%s: %s failed: %s", nbd_pool_desc(r->pool), r->what, strerror(err));
-  fuse_reply_err(r->req, err);
+  fuse_reply_err(r->req, err ? err : r->lost);
   free(r);
 }
 
@@ -853,6 +1033,7 @@ static void do_flush(fuse_req_t req, struct fs_handle *h, const char *what)
    * counting no-ops would hide how long real FLUSHes take. */
   r->stats = nbd_pool_needs_flush(pool) ? stats_of(h) : NULL;
   r->start_ns = stats_now();
+  r->lost = atomic_exchange(&h->f->past_end_lost, false) ? ENOSPC : 0;
   nbd_pool_flush(pool, &r->op); /* sends nothing when nothing is unflushed */
   nbd_op_put(&r->op);
 }

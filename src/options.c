@@ -90,10 +90,14 @@ static void usage(FILE *out)
 "      --retry SECS      keep trying the first connection this long before the\n"
 "                        mount fails (default 0)\n"
 "      --replay-limit MIB  keep acknowledged writes not yet covered by a FLUSH,\n"
-"                        to send again after a reconnect, up to about this much;\n"
-"                        past it, FLUSH early (default 64; 0: keep nothing,\n"
-"                        faster writes, EIO instead of replay)\n"
-"      --direct-io       bypass the kernel page cache\n"
+"                        to send again after a reconnect, up to this much; once\n"
+"                        half of it is kept, FLUSH early (default 16; 0: keep\n"
+"                        nothing, faster writes, EIO instead of replay)\n"
+"      --cache MODE      the kernel's page cache: writeback (default: write()\n"
+"                        fills the cache, fsync and close write it back and\n"
+"                        FLUSH), read (reads cached, each write() reaches the\n"
+"                        server before it returns) or none (direct I/O)\n"
+"      --direct-io       the same as --cache=none\n"
 "      --threads N       worker threads, each serving FUSE and its connections (default 1)\n"
 "  -v, --verbose         more messages (repeat for debug)\n"
 "  -V, --version         print the version\n"
@@ -116,7 +120,7 @@ static int parse_int(const char *s, int lo, int hi, const char *what, int *out)
 enum { OPT_TIMEOUT = 256, OPT_CONNECT_TIMEOUT, OPT_DIRECT_IO, OPT_THREADS, OPT_EXPORTS,
        OPT_TLS, OPT_TLS_CERTS, OPT_TLS_PSK, OPT_TLS_USER, OPT_TLS_HOST, OPT_NO_VERIFY,
        OPT_RECONNECT_DELAY, OPT_NO_RECONNECT, OPT_RETRY, OPT_REPLAY_LIMIT,
-       OPT_COMMAND, OPT_FD, OPT_EXPORT, OPT_LOG_FILE, OPT_NONEMPTY, OPT_PARTITIONS };
+       OPT_COMMAND, OPT_FD, OPT_EXPORT, OPT_LOG_FILE, OPT_NONEMPTY, OPT_PARTITIONS, OPT_CACHE };
 
 #define SHORTOPTS "+:C:rfP:o:vVh"
 
@@ -137,6 +141,7 @@ static const struct option longopts[] = {
   { "retry", required_argument, NULL, OPT_RETRY },
   { "replay-limit", required_argument, NULL, OPT_REPLAY_LIMIT },
   { "direct-io", no_argument, NULL, OPT_DIRECT_IO },
+  { "cache", required_argument, NULL, OPT_CACHE },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "exports", no_argument, NULL, OPT_EXPORTS },
   { "export", required_argument, NULL, OPT_EXPORT },
@@ -236,7 +241,13 @@ static int apply_option(int c, const char *arg, struct nbdfs_options *o)
   case 'V': printf("nbdfs %s\n", NBDFS_VERSION); return 1;
   case 'h': usage(stdout); return 1;
   case OPT_NO_RECONNECT: o->no_reconnect = true; break;
-  case OPT_DIRECT_IO: o->direct_io = true; break;
+  case OPT_DIRECT_IO: o->cache = CACHE_NONE; break;
+  case OPT_CACHE:
+    if (cache_mode_parse(arg, &o->cache) < 0) {
+      fprintf(stderr, "nbdfs: --cache must be none, read or writeback, not '%s'\n", arg);
+      return -1;
+    }
+    break;
   case OPT_EXPORTS: o->exports = true; break;
   case OPT_EXPORT: o->export_name = arg; break;
   case OPT_COMMAND: o->source = SERVER_COMMAND; break;
@@ -645,8 +656,9 @@ static void set_defaults(struct nbdfs_options *o)
   o->connect_timeout_s = 30;
   o->reconnect_delay_s = 30;
   o->retry_s = 0;
-  o->replay_limit_mib = 64;
+  o->replay_limit_mib = 16;
   o->threads = 1;
+  o->cache = CACHE_MODE_DEFAULT;
   o->tls.verify_peer = true;
   o->tls.mode = TLS_OFF;
 }
