@@ -34,6 +34,15 @@ note() { echo "  $*" >&2; }
 track_pid() { _pids+=("$1"); echo "$1" >>"$T/.pids"; }
 
 # wait_for_file PATH [SECONDS]: wait until PATH exists.
+# wait_for_pidfile PATH: until it has something in it (nbdkit creates it
+# before it writes the pid).
+wait_for_pidfile() {
+  wait_for_file "$1"
+  local i
+  for ((i = 0; i < 200; i++)); do [ -s "$1" ] && return 0; sleep 0.05; done
+  fail "pid file $1 stayed empty"
+}
+
 wait_for_file() {
   local i
   for ((i = 0; i < ${2:-10} * 20; i++)); do [ -e "$1" ] && return 0; sleep 0.05; done
@@ -47,7 +56,7 @@ start_nbdkit() {
   local name=$1; shift
   local sock=$T/$name.sock pidf=$T/$name.pid
   nbdkit -U "$sock" -P "$pidf" "$@" >"$T/$name.log" 2>&1 || fail "nbdkit $* did not start: $(cat "$T/$name.log")"
-  wait_for_file "$pidf"
+  wait_for_pidfile "$pidf"
   track_pid "$(cat "$pidf")"
   echo "$sock"
 }
@@ -158,7 +167,7 @@ serve_nbdkit() {
   local pidf=$T/$name.pid
   rm -f "$pidf"
   nbdkit -U "$SOCK" -P "$pidf" "$@" >"$T/$name.log" 2>&1 || fail "nbdkit $* did not start: $(cat "$T/$name.log")"
-  wait_for_file "$pidf"
+  wait_for_pidfile "$pidf"
   SERVER_PID=$(cat "$pidf")
   track_pid "$SERVER_PID"
 }
@@ -172,7 +181,7 @@ serve_nbdkit_tcp() {
     PORT=$(free_port)
     rm -f "$pidf"
     if nbdkit -i 127.0.0.1 -p "$PORT" -P "$pidf" "$@" >"$T/$name.log" 2>&1; then
-      wait_for_file "$pidf"
+      wait_for_pidfile "$pidf"
       SERVER_PID=$(cat "$pidf")
       track_pid "$SERVER_PID"
       return 0
@@ -223,7 +232,7 @@ mount_nbdfs_daemon() {
   rm -f "$pidf"
   "$NBDFS" -P "$pidf" "$@" "$uri" "$mp" >>"${NBDFS_LOG:-$T/nbdfs.log}" 2>&1 ||
     fail "nbdfs (daemon) failed with status $?: $(cat "${NBDFS_LOG:-$T/nbdfs.log}")"
-  wait_for_file "$pidf"
+  wait_for_pidfile "$pidf"
   wait_until 10 test -s "$pidf" || fail "empty pid file $pidf"
   NBDFS_PID=$(cat "$pidf")
   track_pid "$NBDFS_PID"
