@@ -1,6 +1,10 @@
 #!/bin/bash
 # Durability, seen by the server through nbdkit's log filter (outermost, so
-# it logs the client's requests), with and without --direct-io:
+# it logs the client's requests), with each --cache mode (read: write-through
+# page cache, none: direct I/O, writeback: the kernel's writeback cache,
+# where a plain write stays in the page cache until fsync or close, and an
+# O_DSYNC write is written back and then flushed, without FUA, before it
+# returns):
 #  - an nbdkit memory export with native FUA: O_DSYNC and O_SYNC writes
 #    reach the server as writes with FUA (fua=1), before the write returns;
 #    plain writes have fua=0 and are not followed by a Flush; fsync and
@@ -9,7 +13,7 @@
 #    with a Flush;
 #  - the same behind --filter=fua (fuamode=none: no FUA advertised): no
 #    write ever carries FUA, and an O_DSYNC/O_SYNC write is followed by a
-#    Flush before the write returns (with --direct-io the kernel adds no
+#    Flush before the write returns (with --cache=none the kernel adds no
 #    fsync of its own, so that Flush is nbdfs's);
 #  - a server with a 4 KiB minimum block size: an unaligned O_DSYNC write
 #    (read-modify-write) still carries FUA.
@@ -21,12 +25,13 @@ SIZE=$((64 * MiB))
 mkdir "$T/mnt"
 F=$T/mnt/disk
 
-# python_checks LOG FUA(1|0) DIRECT(1|0): the syscall-level checks, which
+# python_checks LOG FUA(1|0) MODE: the syscall-level checks, which
 # must look at the log before the file is closed (closing flushes too).
 python_checks() {
   python3 - "$F" "$1" "$2" "$3" "$T/expected" <<'EOF'
 import os, re, sys
-path, log, fua, direct, expected = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4] == "1", sys.argv[5]
+path, log, fua, mode, expected = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+wb = mode == "writeback" 
 MiB = 1 << 20
 model = bytearray(open(expected, "rb").read())
 
@@ -40,7 +45,7 @@ def calls(ls, act):
 def field(l, name):
     return int(re.search(r"\b%s=(0x[0-9a-f]+|\d+)" % name, l).group(1), 0)
 def fail(msg, ls=()):
-    sys.exit("%s%s\n  log:\n    %s" % (msg, " (--direct-io)" if direct else " (page cache)", "\n    ".join(ls)))
+    sys.exit("%s (--cache=%s)\n  log:\n    %s" % (msg, mode, "\n    ".join(ls)))
 
 def covered(writes, off, n):
     """The writes cover [off, off+n)."""
@@ -79,7 +84,11 @@ for flag, fname in ((os.O_DSYNC, "O_DSYNC"), (os.O_SYNC, "O_SYNC")):
         ws = calls(ls, "Write")
         if not covered(ws, off, n):
             fail("%s: the server did not get the data before the write returned" % what, ls)
-        if fua:
+        if fua and wb:
+            # Written back, then fsync'd by the kernel: FUA or a Flush.
+            if not all(field(w, "fua") == 1 for w in ws) and not flush_after_write(ls):
+                fail("%s: neither FUA nor a Flush after the write" % what, ls)
+        elif fua:
             if not all(field(w, "fua") == 1 for w in ws):
                 fail("%s: written without FUA" % what, ls)
         else:
@@ -93,7 +102,7 @@ fd = os.open(path, os.O_WRONLY)
 what = "plain write"
 ls = pw(fd, 7 * MiB, 65536, what)
 ws = calls(ls, "Write")
-if not covered(ws, 7 * MiB, 65536):
+if not wb and not covered(ws, 7 * MiB, 65536):
     fail("%s: did not reach the server" % what, ls)
 if any(field(w, "fua") == 1 for w in ws):
     fail("%s: sent with FUA" % what, ls)
@@ -113,14 +122,19 @@ EOF
 
 # dd_checks LOG FUA: O_DSYNC and fsync through dd, and sync FILE.
 dd_checks() {
-  local log=$1 fua=$2 mark m0 m1
+  local log=$1 fua=$2 mode=$3 mark m0 m1
   rand_file "$T/dd.data" $((64 * 1024))
   mark=$(log_mark "$log")
   write_at "$F" $((11 * MiB)) "$T/dd.data" bs=4096 oflag=dsync || fail "dd oflag=dsync failed"
   write_at "$T/expected" $((11 * MiB)) "$T/dd.data"
   log_since "$log" "$mark" >"$T/dd.log"
   [ "$(log_requests Write <"$T/dd.log" | log_count_bytes)" -ge $((64 * 1024)) ] || fail "dd oflag=dsync: data did not reach the server: $(cat "$T/dd.log")"
-  if [ "$fua" = 1 ]; then
+  if [ "$fua" = 1 ] && [ "$mode" = writeback ]; then
+    # 16 O_DSYNC writes of 4 KiB, each written back and fsync'd: a Flush each
+    # unless its write carried FUA.
+    [ $(($(log_requests Flush <"$T/dd.log" | wc -l) + $(log_requests Write <"$T/dd.log" | grep -c 'fua=1'))) -ge 16 ] ||
+      fail "dd oflag=dsync (writeback): fewer Flush requests and FUA writes than writes: $(cat "$T/dd.log")"
+  elif [ "$fua" = 1 ]; then
     log_requests Write <"$T/dd.log" | grep -q 'fua=0' && fail "dd oflag=dsync: a write without FUA: $(log_requests Write <"$T/dd.log")"
   else
     log_requests Write <"$T/dd.log" | grep -q 'fua=1' && fail "dd oflag=dsync: FUA sent to a server without FUA"
@@ -151,11 +165,11 @@ print(m0, m1)' "$F" "$log" >"$T/sync.marks" || fail "write + sync FILE failed"
     fail "sync FILE: no Flush reached the server"
 }
 
-# run NAME FUA NBDKIT-ARGS...: for both page-cache and direct I/O mounts.
+# run NAME FUA NBDKIT-ARGS...: for every --cache mode.
 # A failed check is reported and the other mount mode still runs; if nbdfs
 # died, its mount is cleaned up first.
 run() {
-  local name=$1 fua=$2 direct ok=1; shift 2
+  local name=$1 fua=$2 mode ok=1; shift 2
   serve_nbdkit "$name" --filter=log "$@" logfile="$T/$name.log"
   local uri
   uri=$(unix_uri "$SOCK")
@@ -165,23 +179,19 @@ run() {
     nbdinfo --json "$uri" | grep -q '"can_fua": false' || fail "$name: server still advertises FUA"
   fi
   truncate -s "$SIZE" "$T/expected"
-  for direct in 0 1; do
-    if [ "$direct" = 1 ]; then
-      NBDFS_LOG=$T/nbdfs-$name-direct.log mount_nbdfs "$uri" "$T/mnt" --direct-io
-    else
-      NBDFS_LOG=$T/nbdfs-$name.log mount_nbdfs "$uri" "$T/mnt"
-    fi
-    if ! python_checks "$T/$name.log" "$fua" "$direct"; then
-      soft_fail "$name (direct-io=$direct): O_DSYNC/O_SYNC/fsync checks failed (see above)"
+  for mode in read none writeback; do
+    NBDFS_LOG=$T/nbdfs-$name-$mode.log mount_nbdfs "$uri" "$T/mnt" --cache=$mode
+    if ! python_checks "$T/$name.log" "$fua" "$mode"; then
+      soft_fail "$name (--cache=$mode): O_DSYNC/O_SYNC/fsync checks failed (see above)"
       ok=0
-    elif ! (dd_checks "$T/$name.log" "$fua"); then
-      soft_fail "$name (direct-io=$direct): dd/sync checks failed (see above)"
+    elif ! (dd_checks "$T/$name.log" "$fua" "$mode"); then
+      soft_fail "$name (--cache=$mode): dd/sync checks failed (see above)"
       ok=0
     fi
     if ! pid_alive "$NBDFS_PID"; then
       local rc=0
       wait "$NBDFS_PID" || rc=$?
-      soft_fail "$name (direct-io=$direct): nbdfs died (exit status $rc)"
+      soft_fail "$name (--cache=$mode): nbdfs died (exit status $rc)"
       fusermount3 -u "$T/mnt" 2>/dev/null || fusermount3 -uz "$T/mnt" 2>/dev/null || true
       continue
     fi

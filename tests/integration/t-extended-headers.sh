@@ -130,9 +130,16 @@ big_case() {  # NAME FORMAT
   [ "$got" = $((7 * GiB)) ] || fail "$name: SEEK_DATA($((GiB + 4096))) = $got, expected $((7 * GiB))"
   local bs
   bs=$(requests "$T/$name.trace" 0x7 | tail -n +$((before + 1)))
-  [ "$(echo "$bs" | grep -c .)" = 1 ] || fail "$name: SEEK_DATA across 6 GiB took $(echo "$bs" | grep -c .) BLOCK_STATUS: $bs"
-  [ "$(echo "$bs" | cut -d' ' -f2)" -gt $((4 * GiB)) ] || fail "$name: BLOCK_STATUS of only $bs"
-  note "$name: SEEK_DATA across 6 GiB -> one BLOCK_STATUS $bs; $(grep 'nbd_co_send_extents' "$T/$name.trace" | tail -1 | sed 's/^.*nbd_co_send_extents //')"
+  # The open's lookup may also start the background count of st_blocks (one
+  # BLOCK_STATUS from 0); the seek's own, if the count has not filled the
+  # cache first, starts where it seeks.  None is split below 4 GiB.
+  [ -n "$bs" ] && [ "$(echo "$bs" | grep -c .)" -le 2 ] &&
+    [ "$(echo "$bs" | grep -vc -e "^0 " -e "^$((GiB + 4096)) ")" = 0 ] ||
+    fail "$name: SEEK_DATA across 6 GiB took $(echo "$bs" | grep -c .) BLOCK_STATUS: $bs"
+  echo "$bs" | while read -r _ len; do
+    [ "$len" -gt $((4 * GiB)) ] || fail "$name: BLOCK_STATUS of only $len bytes: $bs"
+  done
+  note "$name: SEEK_DATA across 6 GiB -> BLOCK_STATUS $(echo $bs); $(grep 'nbd_co_send_extents' "$T/$name.trace" | tail -1 | sed 's/^.*nbd_co_send_extents //')"
   unmount_nbdfs "$T/mnt"
   stop10
   rm -f "$img"

@@ -67,7 +67,7 @@ diff -u "$T/nbd.map" "$T/seek.map" >"$T/map.diff" || fail "SEEK_DATA/SEEK_HOLE w
 [ "$(cat "$T/seek.map")" = "$D1 $((D1 + L1))
 $P2 $((P2 + 32768))" ] || fail "unexpected data ranges: $(cat "$T/seek.map")"
 
-[ "$(stat -c %b "$F")" = $(((L1 + 32768) / 512)) ] || fail "st_blocks $(stat -c %b "$F"), expected $(((L1 + 32768) / 512))"
+wait_until 10 eval '[ "$(stat -c %b "$F")" = $(((L1 + 32768) / 512)) ]' || fail "st_blocks $(stat -c %b "$F"), expected $(((L1 + 32768) / 512))"
 [ "$(range_sha "$F" "$D1" "$L1")" = "$(sha "$T/d1")" ] || fail "data at $D1 reads back differently"
 [ "$(range_sha "$F" "$D2" "$L2")" = "$(sha "$T/d2")" ] || fail "data at $D2 reads back differently"
 

@@ -22,7 +22,8 @@
 #       the right offsets of the image and nowhere else (the whole image is
 #       compared with a model); the first and last MiB (the GPT) are
 #       untouched; a write at the end of a partition fails with ENOSPC
-#       (also O_DIRECT), one across the end is short, its first part lands
+#       (also O_DIRECT), one across the end is short (--cache=read: where
+#       write() reports it), its first part lands
 #       and not a byte beyond; reads at/across the end return 0/short
 #     - repartitioning through the mount (sfdisk --delete of p2, then
 #       sfdisk writing a table with a new p3 elsewhere): each time ls shows
@@ -370,7 +371,7 @@ note "naked: $(head -n 1 "$T/naked.out")"
 
 UM=$UT/m
 as_user mkdir "$UM"
-mount_nbdfs_as_user "$GURI" "$UM" --partitions
+mount_nbdfs_as_user "$GURI" "$UM" --partitions --cache=read
 as_user ls -A "$UM" >"$T/ls.out" || fail "ls $UM failed"
 out=$(upt check "$UM" disk "$T/gpt.json") || soft_fail "GPT as the user: $out"
 for a in user.nbd.uri user.nbd.block_size user.nbd.flags; do
@@ -529,7 +530,7 @@ head -c 512 "$T/around" >"$T/around512"
 write_at "$M" $((Q1S - 512)) "$T/around512"
 write_at "$M" $((Q1S + Q1L)) "$T/around"
 mkdir "$T/mb"
-mount_nbdfs_argv "$T/mb" -f --partitions [ nbdkit --filter=blocksize-policy file "$M" \
+mount_nbdfs_argv "$T/mb" -f --partitions --cache=read [ nbdkit --filter=blocksize-policy file "$M" \
   blocksize-minimum=4096 blocksize-preferred=65536 blocksize-error-policy=error ] "$T/mb/vm.raw"
 bs=$(getfattr --absolute-names --only-values -n user.nbd.block_size "$T/mb/vm.raw" 2>&1) || true
 [[ "$bs" == 4096[!0-9]* ]] || fail "setup: the server's block size is '$bs', expected a minimum of 4096"
