@@ -97,8 +97,10 @@ static int unmount_dead(const char *path)
  * it (at mp itself, or at its directory for the DIR/NAME form). */
 static void clear_dead_mount(const char *mp)
 {
-  struct stat st;
-  if (stat(mp, &st) == 0 || errno != ENOTCONN)
+  /* Forced past the attribute cache: a dead mount's root may still have
+   * attributes the kernel trusts for a while. */
+  struct statx stx;
+  if (statx(AT_FDCWD, mp, AT_STATX_FORCE_SYNC, STATX_TYPE, &stx) == 0 || errno != ENOTCONN)
     return;
   char *copy = strdup(mp);
   const char *tries[] = { mp, copy ? dirname(copy) : NULL };
