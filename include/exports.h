@@ -107,7 +107,8 @@ struct fs {
   int *free_slots;             /* gone files that may be recyclable (files_lock) */
   int nfree, free_cap;
   enum cache_mode cache;       /* --cache */
-  bool writeback;              /* the kernel's writeback cache is on (fs_init) */
+  atomic_bool writeback;       /* the kernel's writeback cache is on (set by fs_init,
+                                * on a worker) */
   bool readonly;               /* -r */
   uid_t uid;                   /* owner of the files (-o uid=, default: the mounting user) */
   gid_t gid;

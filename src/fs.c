@@ -382,7 +382,8 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
     log_warn("the kernel has no FUSE writeback cache: --cache=writeback works as --cache=read");
   else if (fs->cache == CACHE_WRITEBACK)
     conn->want |= FUSE_CAP_WRITEBACK_CACHE;
-  fs->writeback = conn->want & FUSE_CAP_WRITEBACK_CACHE;
+  bool writeback = conn->want & FUSE_CAP_WRITEBACK_CACHE;
+  atomic_store(&fs->writeback, writeback);
 
   /* Async direct I/O and readahead need more background requests than the
    * default 12 to keep many NBD requests in flight. */
@@ -393,7 +394,7 @@ static void fs_init(void *userdata, struct fuse_conn_info *conn)
    * it is dropped.  With it, the kernel would then set its own idea of the
    * size to 0 and keep it (it trusts its cached size), so O_TRUNC must come
    * as a truncation to 0, which fs_setattr answers with the real size. */
-  if ((conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) && !fs->writeback)
+  if ((conn->capable & FUSE_CAP_ATOMIC_O_TRUNC) && !writeback)
     conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
   else
     conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
@@ -528,7 +529,7 @@ static void fs_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
   /* With the writeback cache an open's O_TRUNC arrives as this, with no
    * handle (see fs_init); truncate(2) of the path to 0 looks the same and
    * is ignored alike.  The reply's size puts the kernel right. */
-  bool o_trunc = fs->writeback && attr->st_size == 0 && !fi;
+  bool o_trunc = atomic_load(&fs->writeback) && attr->st_size == 0 && !fi;
   if ((to_set & FUSE_SET_ATTR_SIZE) && (uint64_t)attr->st_size != size && !o_trunc) {
     log_info("export '%s': refusing to change the size to %lld bytes (exports have a fixed size)",
              f->name ? f->name : f->export_name, (long long)attr->st_size);

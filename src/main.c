@@ -434,7 +434,7 @@ static int serve(struct start *st)
   bool signalled = wait_for_end(&fs, endfd, st->sp);
   notify_stopping();
   /* (Unmounting writes them back by itself.) */
-  if (signalled && fs.writeback && write_back_bounded(&fs, st->mp.dir) < 0)
+  if (signalled && atomic_load(&fs.writeback) && write_back_bounded(&fs, st->mp.dir) < 0)
     rc = 1;
 
 out_stop:
