@@ -22,12 +22,11 @@ void fs_reply_thread_stop(void);
  * still open; the loops are stopped). */
 void fs_free_handles(void);
 
-/* Stopping on a signal with the writeback cache, the mount still there:
- * write back the kernel's dirty pages of every file open for writing (an
- * fsync of each through mount_path, the mounted directory or file) while
- * the workers still serve, so that the final FLUSH covers them.  -1 when
- * any could not be written (logged). */
-int fs_write_back(struct fs *fs, const char *mount_path);
+/* The paths (under mount_path, the mounted directory or file) of the files
+ * open for writing: those that may have dirty pages in the kernel (close
+ * writes them back).  A NULL-terminated malloc'd array of malloc'd strings,
+ * or NULL when out of memory. */
+char **fs_writable_paths(struct fs *fs, const char *mount_path);
 
 /* Admission: the write payloads nbdfs holds for requests in flight are
  * bounded, so a burst of writeback (up to max_background

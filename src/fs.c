@@ -83,46 +83,40 @@ void fs_free_handles(void)
   pthread_mutex_unlock(&handles_lock);
 }
 
-int fs_write_back(struct fs *fs, const char *mount_path)
+char **fs_writable_paths(struct fs *fs, const char *mount_path)
 {
-  /* The files that may have dirty pages: those open (close writes back). */
   pthread_mutex_lock(&handles_lock);
   size_t n = 0;
   for (struct fs_handle *h = handles; h; h = h->next)
     n++;
-  struct fs_file **open_files = calloc(n ? n : 1, sizeof *open_files);
+  struct fs_file **seen = calloc(n + 1, sizeof *seen);
+  char **paths = calloc(n + 1, sizeof *paths);
   size_t k = 0;
-  for (struct fs_handle *h = handles; h && open_files; h = h->next) {
-    bool seen = false;
-    for (size_t i = 0; i < k && !seen; i++)
-      seen = open_files[i] == h->f;
-    if (!seen && h->writable)
-      open_files[k++] = h->f;
+  bool ok = seen && paths;
+  for (struct fs_handle *h = handles; h && ok; h = h->next) {
+    bool dup = !h->writable;
+    for (size_t i = 0; i < k && !dup; i++)
+      dup = seen[i] == h->f;
+    if (dup)
+      continue;
+    seen[k] = h->f;
+    if (fs->mode == FS_NAKED ? !(paths[k] = strdup(mount_path))
+                             : asprintf(&paths[k], "%s/%s", mount_path, h->f->name) < 0) {
+      paths[k] = NULL;
+      ok = false;
+    } else {
+      k++;
+    }
   }
   pthread_mutex_unlock(&handles_lock);
-  if (!open_files)
-    return -1;
-  int rc = 0;
-  for (size_t i = 0; i < k; i++) {
-    /* Files live as long as the mount; names never change. */
-    char *path = NULL;
-    if (fs->mode == FS_NAKED ? !(path = strdup(mount_path))
-                             : asprintf(&path, "%s/%s", mount_path, open_files[i]->name) < 0)
-      return -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    /* fsync reports writeback errors from after the open: every page is
-     * written back within it. */
-    if (fd < 0 || fsync(fd) < 0) {
-      log_error("writing back cached writes to %s failed (acknowledged writes are lost): %s",
-                path, strerror(errno));
-      rc = -1;
-    }
-    if (fd >= 0)
-      close(fd);
-    free(path);
+  free(seen);
+  if (!ok && paths) {
+    for (size_t i = 0; i < k; i++)
+      free(paths[i]);
+    free(paths);
+    paths = NULL;
   }
-  free(open_files);
-  return rc;
+  return paths;
 }
 
 static struct fs_handle *handle_of(struct fuse_file_info *fi)
