@@ -4,7 +4,6 @@
 #ifndef NBDFS_FUSE_IO_H
 #define NBDFS_FUSE_IO_H
 
-#include <stdbool.h>
 
 struct fuse_session;
 
@@ -15,8 +14,5 @@ struct fuse_session;
  * costs a security.capability lookup (a round trip to nbdfs) each time.
  * 0 or a negative errno. */
 int fuse_io_install(struct fuse_session *se);
-
-/* Did the INIT reply carry it (false until INIT was answered)? */
-bool fuse_io_killpriv_v2(void);
 
 #endif

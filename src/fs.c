@@ -273,11 +273,9 @@ static void refresh_allocated(struct fs *fs, struct fs_file *f, struct nbd_pool 
 {
   if (!nbd_pool_has_block_status(held))
     return;
-  struct alloc_scan *a = malloc(sizeof *a);
-  if (!a)
-    return;
-  *a = (struct alloc_scan){ fs, f, 0 };
-  fs_file_hold(f); /* the same pool: held already */
+  /* Decided before anything is allocated or held: most calls start nothing. */
+  uint64_t before;
+  bool fresh;
   if (f->disk) {
     uint64_t now = mono_ms();
     pthread_mutex_lock(&f->lock);
@@ -285,28 +283,37 @@ static void refresh_allocated(struct fs *fs, struct fs_file *f, struct nbd_pool 
     if (go) {
       f->part_scan_running = true;
       f->part_scanned_ms = now;
-      a->before = f->part_alloc;
     }
+    before = f->part_alloc;
     pthread_mutex_unlock(&f->lock);
-    if (go) {
-      extents_allocated_range(held, f->part.start, f->part.start + f->part.length, alloc_scanned,
-                              a);
+    if (!go)
       return;
-    }
-  } else {
-    bool fresh;
-    extents_allocated_known(held, &a->before, &fresh);
-    if (extents_allocated_refresh(held, alloc_scanned, a))
-      return;
+  } else if (extents_allocated_known(held, &before, &fresh) && fresh) {
+    return;
   }
-  fs_file_release(fs, f);
-  free(a);
+  struct alloc_scan *a = malloc(sizeof *a);
+  if (!a) {
+    if (f->disk) {
+      pthread_mutex_lock(&f->lock);
+      f->part_scan_running = false;
+      pthread_mutex_unlock(&f->lock);
+    }
+    return;
+  }
+  *a = (struct alloc_scan){ fs, f, before };
+  fs_file_hold(f); /* the same pool: held already */
+  if (f->disk)
+    extents_allocated_range(held, f->part.start, f->part.start + f->part.length, alloc_scanned, a);
+  else if (!extents_allocated_refresh(held, alloc_scanned, a)) { /* not due yet */
+    fs_file_release(fs, f);
+    free(a);
+  }
 }
 
-/* How long stat waits for a block status scan before answering with the
- * last known allocated size: enough for a healthy server (a scan is one or
- * a few round trips), so st_blocks is exact right after a write or punch;
- * short, so that a stalled server never holds up stat or ls for long. */
+/* How long the first stat after an export is opened waits for the first
+ * count before answering with the whole size: enough for a healthy server
+ * (a count is one or a few round trips), short, so that a stalled server
+ * never holds up stat or ls for long. */
 #define STAT_WAIT_MS 250
 
 /* A getattr waiting for a scan.  Whichever comes first, the scan or the

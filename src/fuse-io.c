@@ -15,11 +15,10 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static uint64_t wanted;
+/* The INIT flags nbdfs adds when the kernel offers them. */
+#define WANTED ((uint64_t)FUSE_HANDLE_KILLPRIV_V2)
 static _Atomic uint64_t init_unique;  /* 0: INIT not seen yet */
 static _Atomic uint64_t offered;      /* the kernel's INIT flags */
-static _Atomic uint64_t granted;
-
 
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 {
@@ -48,15 +47,12 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
       iov[1].iov_len >= offsetof(struct fuse_init_out, max_background)) {
     /* libfuse builds the reply in its own (writable) buffer. */
     struct fuse_init_out *arg = iov[1].iov_base;
-    uint64_t add = wanted & atomic_load(&offered);
+    uint64_t add = WANTED & atomic_load(&offered);
     arg->flags |= (uint32_t)add;
     if ((add >> 32) && iov[1].iov_len >= offsetof(struct fuse_init_out, unused)) {
       arg->flags |= FUSE_INIT_EXT;
       arg->flags2 |= (uint32_t)(add >> 32);
-    } else {
-      add &= UINT32_MAX;
     }
-    atomic_store(&granted, add);
     atomic_store(&init_unique, 0);
   }
   return writev(fd, iov, count);
@@ -65,11 +61,6 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
 int fuse_io_install(struct fuse_session *se)
 {
   static const struct fuse_custom_io io = { .read = io_read, .writev = io_writev };
-  wanted = FUSE_HANDLE_KILLPRIV_V2;
   return fuse_session_custom_io(se, &io, fuse_session_fd(se));
 }
 
-bool fuse_io_killpriv_v2(void)
-{
-  return atomic_load(&granted) & FUSE_HANDLE_KILLPRIV_V2;
-}
