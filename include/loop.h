@@ -27,8 +27,12 @@ struct loop_source {
   struct nbd_loop *loop;
 };
 
-/* Create and start a worker thread with all signals blocked. */
-struct nbd_loop *loop_new(int index, int tick_ms);
+/* Create and start a worker thread with all signals blocked.  After any
+ * event it keeps polling (epoll without sleeping) for poll_us before it
+ * sleeps again: at queue depth 1 the next event (the server's reply, the
+ * caller's next request) usually comes sooner, and a sleeping thread's
+ * wakeup is a large part of each round trip. 0: always sleep. */
+struct nbd_loop *loop_new(int index, int tick_ms, int poll_us);
 /* Stop the thread (after its current round; posted work still runs) and
  * free it. */
 void loop_free(struct nbd_loop *l);

@@ -52,6 +52,7 @@ struct nbdfs_options {
   int connect_timeout_s;  /* --connect-timeout */
   enum cache_mode cache;  /* --cache (--direct-io: none) */
   int threads;            /* --threads: worker loops */
+  int busy_poll_us;       /* --busy-poll: a worker polls this long after activity */
   bool exports;           /* --exports: whole server as a directory */
   struct tls_options tls; /* --tls and friends */
 };

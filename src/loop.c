@@ -29,6 +29,7 @@ struct nbd_loop {
   int epfd;
   int wakefd;
   int tick_ms;
+  int64_t poll_ns;            /* keep polling this long after the last event */
   atomic_bool stop;
   pthread_t thread;
   pthread_mutex_t tick_lock;
@@ -127,6 +128,13 @@ void loop_barrier(struct nbd_loop *l)
   pthread_mutex_unlock(&b.lock);
 }
 
+static int64_t mono_ns(void)
+{
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
 static void *loop_main(void *arg)
 {
   struct nbd_loop *l = arg;
@@ -134,8 +142,16 @@ static void *loop_main(void *arg)
   struct epoll_event ev[64];
   struct timespec last, now;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &last);
+  int64_t active_ns = 0;
+  bool polling = false;
   while (!atomic_load_explicit(&l->stop, memory_order_relaxed)) {
-    int n = epoll_wait(l->epfd, ev, 64, l->tick_ms);
+    int n = epoll_wait(l->epfd, ev, 64, polling ? 0 : l->tick_ms);
+    if (l->poll_ns) { /* idle for poll_ns: back to sleeping in epoll */
+      int64_t t = mono_ns();
+      if (n > 0)
+        active_ns = t;
+      polling = t - active_ns < l->poll_ns;
+    }
     if (n < 0 && errno != EINTR) {
       log_error("worker %d: epoll_wait: %s", l->index, strerror(errno));
       break;
@@ -160,13 +176,14 @@ static void *loop_main(void *arg)
   return NULL;
 }
 
-struct nbd_loop *loop_new(int index, int tick_ms)
+struct nbd_loop *loop_new(int index, int tick_ms, int poll_us)
 {
   struct nbd_loop *l = calloc(1, sizeof *l);
   if (!l)
     return NULL;
   l->index = index;
   l->tick_ms = tick_ms;
+  l->poll_ns = (int64_t)poll_us * 1000;
   l->epfd = epoll_create1(EPOLL_CLOEXEC);
   l->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   pthread_mutex_init(&l->tick_lock, NULL);

@@ -418,7 +418,8 @@ static int serve(struct start *st)
   int ffd = fuse_session_fd(se);
   fcntl(ffd, F_SETFL, fcntl(ffd, F_GETFL) | O_NONBLOCK);
   for (; loops && fsrcs && nloops < opt->threads; nloops++)
-    if (!(loops[nloops] = loop_new(nloops, opt->timeout_s && opt->timeout_s < 4 ? 250 : 1000)))
+    if (!(loops[nloops] = loop_new(nloops, opt->timeout_s && opt->timeout_s < 4 ? 250 : 1000,
+                                     opt->busy_poll_us)))
       break;
   fs.loops = loops;
   fs.nloops = nloops;

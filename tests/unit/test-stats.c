@@ -158,7 +158,7 @@ static void test_concurrent(void)
   pthread_create(&reader, NULL, reader_main, &monotonic);
   struct nbd_loop *loops[NLOOPS];
   for (int i = 0; i < NLOOPS; i++) {
-    loops[i] = loop_new(i, 1000);
+    loops[i] = loop_new(i, 1000, 0);
     loop_post(loops[i], count_many, NULL);
   }
   for (int i = 0; i < NTHREADS; i++)
