@@ -16,9 +16,11 @@
 
 #include "pool.h"
 
-/* Add a write of buf to op.  buf need only live for this call. */
+/* Add a write of buf to op.  buf need only live for this call; owner, if
+ * not NULL, is a reference-counted buffer (struct wbuf) holding buf, which
+ * is then kept by reference rather than copied. */
 void blockio_write(struct nbd_pool *p, struct nbd_op *op, uint16_t flags, uint64_t off,
-                   uint64_t len, const void *buf);
+                   uint64_t len, const void *buf, struct wbuf *owner);
 
 /* Make [off, off+len) read back as zeros.  punch: deallocate where the
  * server can (WRITE_ZEROES without NO_HOLE, or TRIM when block status then

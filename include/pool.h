@@ -97,6 +97,12 @@ void nbd_pool_free(struct nbd_pool *p);
  * completion). */
 void nbd_pool_io(struct nbd_pool *p, struct nbd_op *op, uint16_t type, uint16_t flags,
                  uint64_t offset, uint64_t len, const void *buf);
+/* The same for a WRITE whose payload lies in owner, a reference-counted
+ * buffer (struct wbuf) the caller holds: the pool takes references to it
+ * instead of copying.  owner NULL: nbd_pool_io. */
+struct wbuf;
+void nbd_pool_write_owned(struct nbd_pool *p, struct nbd_op *op, uint16_t flags, uint64_t offset,
+                          uint64_t len, const void *buf, struct wbuf *owner);
 
 /* Add one BLOCK_STATUS command (base:allocation) for [offset, offset+len)
  * (len above 32 bits only with extended headers: nbd_pool_session says);

@@ -32,6 +32,8 @@ struct wbuf {
 
 /* A new buffer holding a copy of len bytes of src (refs = 1), or NULL. */
 struct wbuf *wbuf_new(const void *src, size_t len);
+/* The same, uninitialised: for whoever fills it (FUSE receive buffers). */
+struct wbuf *wbuf_alloc(size_t len);
 static inline struct wbuf *wbuf_get(struct wbuf *b)
 {
   if (b)

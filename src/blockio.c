@@ -9,6 +9,7 @@
 
 #include "extents.h"
 #include "log.h"
+#include "wlog.h"
 
 /* Source of zeros for written-zero fallbacks and partial blocks. */
 #define ZERO_BUF_SIZE (1024 * 1024)
@@ -29,7 +30,9 @@ struct bwrite {
   uint64_t off, len;         /* what the caller asked for */
   uint64_t a, b;             /* the range rounded out to whole blocks */
   bool locked;
-  const uint8_t *ubuf;       /* caller's buffer: valid during blockio_write only */
+  const uint8_t *ubuf;       /* caller's buffer: valid during blockio_write only,
+                              * unless owner holds it */
+  struct wbuf *owner;        /* a reference to the buffer holding ubuf, or NULL */
   uint8_t *bounce;           /* image of [a, b) once copied */
   uint8_t *edge;             /* head and tail blocks read for read-modify-write */
   int err;
@@ -41,6 +44,7 @@ static void bwrite_finish(struct bwrite *w, int err)
     rangelock_release(nbd_pool_rangelock(w->p), &w->lk);
   nbd_op_fail(w->parent, err ? err : w->err);
   nbd_op_put(w->parent);
+  wbuf_put(w->owner);
   free(w->bounce);
   free(w->edge);
   free(w);
@@ -54,7 +58,8 @@ static void on_written(struct nbd_op *op, int err)
 static void write_image(struct bwrite *w, uint64_t start, uint64_t len, const void *buf)
 {
   nbd_op_init(&w->sub, on_written);
-  nbd_pool_io(w->p, &w->sub, NBD_CMD_WRITE, w->flags, start, len, buf);
+  nbd_pool_write_owned(w->p, &w->sub, w->flags, start, len, buf,
+                       buf == w->ubuf ? w->owner : NULL);
   nbd_op_put(&w->sub);
 }
 
@@ -113,7 +118,7 @@ static void on_granted(struct rl_request *r)
 static void copy_before_wait(struct rl_request *r)
 {
   struct bwrite *w = (struct bwrite *)((char *)r - offsetof(struct bwrite, lk));
-  if (w->bounce)
+  if (w->bounce || w->owner)
     return;
   w->bounce = malloc(w->len);
   if (w->bounce)
@@ -123,13 +128,13 @@ static void copy_before_wait(struct rl_request *r)
 }
 
 void blockio_write(struct nbd_pool *p, struct nbd_op *op, uint16_t flags, uint64_t off,
-                   uint64_t len, const void *buf)
+                   uint64_t len, const void *buf, struct wbuf *owner)
 {
   if (len == 0)
     return;
   uint64_t m = nbd_pool_min_block(p);
   if (m == 1) { /* any offset is fine: no locking, nothing to keep */
-    nbd_pool_io(p, op, NBD_CMD_WRITE, flags, off, len, buf);
+    nbd_pool_write_owned(p, op, flags, off, len, buf, owner);
     return;
   }
   struct bwrite *w = calloc(1, sizeof *w);
@@ -146,6 +151,7 @@ void blockio_write(struct nbd_pool *p, struct nbd_op *op, uint16_t flags, uint64
   w->a = round_down(off, m);
   w->b = round_up(off + len, m);
   w->ubuf = buf;
+  w->owner = wbuf_get(owner);
   if (w->a != off || w->b != off + len) {
     /* Partial blocks: build the image of whole blocks around the data. */
     w->bounce = malloc(w->b - w->a);
@@ -316,13 +322,14 @@ void blockio_zero(struct nbd_pool *p, struct nbd_op *op, uint64_t off, uint64_t 
   uint64_t a = round_up(off, m), b = round_down(end, m);
   if (a >= b) { /* inside one or two partial blocks */
     for (uint64_t pos = off; pos < end; pos += ZERO_BUF_SIZE)
-      blockio_write(p, op, 0, pos, end - pos < ZERO_BUF_SIZE ? end - pos : ZERO_BUF_SIZE, zero_buf);
+      blockio_write(p, op, 0, pos, end - pos < ZERO_BUF_SIZE ? end - pos : ZERO_BUF_SIZE, zero_buf,
+                    NULL);
     return;
   }
   if (off < a)
-    blockio_write(p, op, 0, off, a - off, zero_buf);
+    blockio_write(p, op, 0, off, a - off, zero_buf, NULL);
   if (b < end)
-    blockio_write(p, op, 0, b, end - b, zero_buf);
+    blockio_write(p, op, 0, b, end - b, zero_buf, NULL);
   struct bzero *z = calloc(1, sizeof *z);
   if (!z) {
     nbd_op_fail(op, ENOMEM);

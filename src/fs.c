@@ -23,6 +23,7 @@
 
 #include "blockio.h"
 #include "extents.h"
+#include "fuse-rx.h"
 #include "log.h"
 #include "stats.h"
 
@@ -986,7 +987,8 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   w->stats = stats_of(h);
   w->start_ns = stats_now();
   inflight_add(size);
-  blockio_write(pool, &w->op, flags, (uint64_t)off, size, buf);
+  /* A large payload stays in FUSE's receive buffer, kept by reference. */
+  blockio_write(pool, &w->op, flags, (uint64_t)off, size, buf, fuse_rx_owner(buf, size));
   nbd_op_put(&w->op);
 }
 

@@ -22,6 +22,7 @@
 #include "extents.h"
 #include "fs.h"
 #include "fuse-io.h"
+#include "fuse-rx.h"
 #include "log.h"
 #include "loop.h"
 #include "mountpoint.h"
@@ -49,7 +50,7 @@ struct fuse_source {
   struct loop_source src;
   struct nbd_loop *loop; /* its worker (src.loop is NULL while parked) */
   struct fuse_session *se;
-  struct fuse_buf buf;
+  struct fuse_rx *rx; /* the buffers requests are read into */
   int endfd;  /* told when the session ends (unmounted) */
   bool stopped; /* the session is over: never watched again (worker only) */
 };
@@ -88,7 +89,7 @@ static void on_fuse(void *arg, uint32_t events)
       loop_remove(&fsrc->src); /* parked until resume_fuse_source */
       break;
     }
-    int r = fuse_session_receive_buf(fsrc->se, &fsrc->buf);
+    int r = fuse_rx_receive(fsrc->rx, fsrc->se);
     if (r == -EAGAIN)
       break;
     if (r == -EINTR)
@@ -100,7 +101,7 @@ static void on_fuse(void *arg, uint32_t events)
       if (write(fsrc->endfd, &one, sizeof one) < 0) { /* main also stops on signals */ }
       break;
     }
-    fuse_session_process_buf(fsrc->se, &fsrc->buf);
+    fuse_rx_process(fsrc->rx, fsrc->se);
   }
   nbd_conn_uncork();
 }
@@ -432,8 +433,9 @@ static int serve(struct start *st)
   for (int i = 0; i < nloops; i++) {
     fsrcs[i] = (struct fuse_source){ .src = { .fd = ffd, .fn = on_fuse, .arg = &fsrcs[i],
                                                .events = EPOLLIN },
-                                     .loop = loops[i], .se = se, .endfd = endfd };
-    if (loop_add(loops[i], &fsrcs[i].src, true) < 0) {
+                                     .loop = loops[i], .se = se, .rx = fuse_rx_new(),
+                                     .endfd = endfd };
+    if (!fsrcs[i].rx || loop_add(loops[i], &fsrcs[i].src, true) < 0) {
       log_error("cannot watch the FUSE device");
       goto out_stop;
     }
@@ -484,7 +486,7 @@ out_stop:
     loop_free(loops[i]);
   fs_free_handles();
   for (int i = 0; i < nloops; i++)
-    free(fsrcs[i].buf.mem);
+    fuse_rx_free(fsrcs[i].rx);
   fuse_session_unmount(se);
 out_session:
   fuse_session_destroy(se);

@@ -39,7 +39,7 @@ struct wlog {
   uint64_t bytes;       /* payload of the live WRITE entries, superseded or not */
 };
 
-struct wbuf *wbuf_new(const void *src, size_t len)
+struct wbuf *wbuf_alloc(size_t len)
 {
   if (len > SIZE_MAX - sizeof(struct wbuf))
     return NULL;
@@ -48,7 +48,13 @@ struct wbuf *wbuf_new(const void *src, size_t len)
     return NULL;
   atomic_init(&b->refs, 1);
   b->len = len;
-  if (len)
+  return b;
+}
+
+struct wbuf *wbuf_new(const void *src, size_t len)
+{
+  struct wbuf *b = wbuf_alloc(len);
+  if (b && len)
     memcpy(b->data, src, len);
   return b;
 }
