@@ -147,9 +147,17 @@ struct rangelock *nbd_pool_rangelock(struct nbd_pool *p);
 
 /* Data of [off, off+len) is about to change (len 0: anything may have):
  * called before every data-changing command is sent and again when it
- * finishes.  One observer per pool (the extent cache). */
+ * finishes, on the thread that sends or completes it.  Observers are the
+ * caches kept of an export's data: its extents and its read-ahead. */
 typedef void (*nbd_pool_change_fn)(void *arg, uint64_t off, uint64_t len);
-void nbd_pool_set_observer(struct nbd_pool *p, nbd_pool_change_fn fn, void *arg);
-void *nbd_pool_observer(const struct nbd_pool *p);
+#define NBD_POOL_OBSERVERS 2
+/* Add fn(arg), also while I/O runs.  free_fn(arg), if not NULL, runs when
+ * the pool is freed with fn still added.  0, or -ENOSPC when full. */
+int nbd_pool_add_observer(struct nbd_pool *p, nbd_pool_change_fn fn, void *arg,
+                          void (*free_fn)(void *arg));
+/* Remove fn (no I/O may run: nothing waits for a call in progress). */
+void nbd_pool_remove_observer(struct nbd_pool *p, nbd_pool_change_fn fn);
+/* The arg fn was added with, or NULL. */
+void *nbd_pool_observer(const struct nbd_pool *p, nbd_pool_change_fn fn);
 
 #endif

@@ -48,9 +48,11 @@ static uint64_t now_ms(void)
   return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+static void on_change(void *arg, uint64_t off, uint64_t len);
+
 static struct extent_cache *cache_of(const struct nbd_pool *p)
 {
-  return nbd_pool_observer(p);
+  return nbd_pool_observer(p, on_change);
 }
 
 /* First entry whose end is past off (lock held). */
@@ -153,7 +155,11 @@ int extents_attach(struct nbd_pool *p)
   if (!ec)
     return -ENOMEM;
   pthread_mutex_init(&ec->lock, NULL);
-  nbd_pool_set_observer(p, on_change, ec);
+  if (nbd_pool_add_observer(p, on_change, ec, NULL) < 0) {
+    pthread_mutex_destroy(&ec->lock);
+    free(ec);
+    return -ENOSPC;
+  }
   return 0;
 }
 
@@ -162,7 +168,7 @@ void extents_detach(struct nbd_pool *p)
   struct extent_cache *ec = cache_of(p);
   if (!ec)
     return;
-  nbd_pool_set_observer(p, NULL, NULL);
+  nbd_pool_remove_observer(p, on_change);
   pthread_mutex_destroy(&ec->lock);
   free(ec->e);
   free(ec);

@@ -108,8 +108,11 @@ struct nbd_pool {
 
   atomic_uint rr;
   struct rangelock rl;
-  nbd_pool_change_fn obs;
-  void *obs_arg;
+  struct {                    /* set once, read by every data change */
+    _Atomic(nbd_pool_change_fn) fn;
+    void *arg;
+    void (*free_fn)(void *arg);
+  } obs[NBD_POOL_OBSERVERS];
 };
 
 static uint64_t now_ms(void)
@@ -151,12 +154,37 @@ static void piece_done(void *arg, int err)
 const struct nbd_session *nbd_pool_session(const struct nbd_pool *p) { return &p->s; }
 const char *nbd_pool_desc(const struct nbd_pool *p) { return p->desc; }
 struct rangelock *nbd_pool_rangelock(struct nbd_pool *p) { return &p->rl; }
-void *nbd_pool_observer(const struct nbd_pool *p) { return p->obs_arg; }
-
-void nbd_pool_set_observer(struct nbd_pool *p, nbd_pool_change_fn fn, void *arg)
+void *nbd_pool_observer(const struct nbd_pool *p, nbd_pool_change_fn fn)
 {
-  p->obs = fn;
-  p->obs_arg = arg;
+  for (int i = 0; i < NBD_POOL_OBSERVERS; i++)
+    if (atomic_load_explicit(&p->obs[i].fn, memory_order_acquire) == fn)
+      return p->obs[i].arg;
+  return NULL;
+}
+
+int nbd_pool_add_observer(struct nbd_pool *p, nbd_pool_change_fn fn, void *arg,
+                          void (*free_fn)(void *arg))
+{
+  int r = -ENOSPC;
+  pthread_mutex_lock(&p->lock);
+  for (int i = 0; i < NBD_POOL_OBSERVERS && r; i++)
+    if (!atomic_load_explicit(&p->obs[i].fn, memory_order_relaxed)) {
+      p->obs[i].arg = arg;
+      p->obs[i].free_fn = free_fn;
+      atomic_store_explicit(&p->obs[i].fn, fn, memory_order_release); /* arg first */
+      r = 0;
+    }
+  pthread_mutex_unlock(&p->lock);
+  return r;
+}
+
+void nbd_pool_remove_observer(struct nbd_pool *p, nbd_pool_change_fn fn)
+{
+  pthread_mutex_lock(&p->lock);
+  for (int i = 0; i < NBD_POOL_OBSERVERS; i++)
+    if (atomic_load_explicit(&p->obs[i].fn, memory_order_relaxed) == fn)
+      atomic_store_explicit(&p->obs[i].fn, NULL, memory_order_release);
+  pthread_mutex_unlock(&p->lock);
 }
 
 int nbd_pool_connections(const struct nbd_pool *p, int *ready)
@@ -189,8 +217,11 @@ static void report_state(struct nbd_pool *p, int ready, const char *why)
 
 static void observe(struct nbd_pool *p, uint64_t off, uint64_t len)
 {
-  if (p->obs)
-    p->obs(p->obs_arg, off, len);
+  for (int i = 0; i < NBD_POOL_OBSERVERS; i++) {
+    nbd_pool_change_fn fn = atomic_load_explicit(&p->obs[i].fn, memory_order_acquire);
+    if (fn)
+      fn(p->obs[i].arg, off, len);
+  }
 }
 
 /* ---- dispatch ---- */
@@ -1323,6 +1354,9 @@ void nbd_pool_free(struct nbd_pool *p)
     free(f);
   }
   fail_all(p->qhead);
+  for (int i = 0; i < NBD_POOL_OBSERVERS; i++)
+    if (atomic_load(&p->obs[i].fn) && p->obs[i].free_fn)
+      p->obs[i].free_fn(p->obs[i].arg);
   wlog_free(p->wlog);
   nbd_session_free(&p->s);
   rangelock_destroy(&p->rl);
