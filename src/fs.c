@@ -25,6 +25,7 @@
 #include "extents.h"
 #include "fuse-rx.h"
 #include "log.h"
+#include "readahead.h"
 #include "stats.h"
 
 /* Attributes are cached for a second: sizes never change, but
@@ -43,6 +44,7 @@ struct fs_handle {
   uint64_t base, size;   /* the window on the export: all of it, or a partition */
   unsigned gen;          /* fs_file_gen at open: the file has gone since when it differs */
   bool writable;
+  struct readahead *ra;  /* reads go through the page cache: prefetch them; or NULL */
   struct fs_handle *prev, *next; /* open handles, for an exit with files open */
 };
 
@@ -598,6 +600,10 @@ static void open_ready(void *arg, struct fs_file *f, int err)
      * synchronous round trip per write on cached handles). */
     o->fi.direct_io = o->fs->cache == CACHE_NONE || (o->fi.flags & O_DIRECT);
     o->fi.keep_cache = 0;
+    /* The kernel drops its cache of the file at this open: so do we. */
+    readahead_drop(pool);
+    if (!o->fi.direct_io)
+      h->ra = readahead_of(pool);
     if (fuse_reply_open(o->req, &o->fi) != 0) { /* interrupted: no release will come */
       fs_file_release(o->fs, f);
       handle_free(h);
@@ -846,12 +852,59 @@ static bool handle_gone(struct fs_handle *h)
   return fs_file_gen(h->f) != h->gen; /* every way of going bumps it */
 }
 
+/* Read [off, off+size) of the export from the server and answer req. */
+static void read_from_server(fuse_req_t req, struct nbd_pool *pool, uint64_t off, size_t size,
+                             struct nbd_stats *stats, uint64_t start_ns)
+{
+  /* Widen to the server's minimum block size (the size is a multiple of it). */
+  uint64_t align = nbd_pool_min_block(pool);
+  uint64_t start = off - off % align;
+  uint64_t end = off + size;
+  end += (align - end % align) % align;
+  struct read_op *r = malloc(sizeof *r + (end - start));
+  if (!r) {
+    fuse_reply_err(req, ENOMEM);
+    return;
+  }
+  nbd_op_init(&r->op, read_complete);
+  r->req = req;
+  r->pool = pool;
+  r->off = off;
+  r->skip = (size_t)(off - start);
+  r->len = size;
+  r->stats = stats;
+  r->start_ns = start_ns;
+  nbd_pool_io(pool, &r->op, NBD_CMD_READ, 0, start, end - start, r->buf);
+  nbd_op_put(&r->op);
+}
+
+/* A read the read-ahead took on. */
+struct ra_read {
+  fuse_req_t req;
+  struct nbd_pool *pool;
+  uint64_t off;
+  size_t size;
+  struct nbd_stats *stats;
+  uint64_t start_ns;
+};
+
+static void ra_read_done(void *arg, const void *data, size_t len, int err)
+{
+  struct ra_read *x = arg;
+  if (err) { /* the prefetch did not work out: from the server after all */
+    read_from_server(x->req, x->pool, x->off, x->size, x->stats, x->start_ns);
+  } else {
+    stats_count(x->stats, STATS_READ, x->start_ns, len, false);
+    fuse_reply_buf(x->req, data, len);
+  }
+  free(x);
+}
+
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
                     struct fuse_file_info *fi)
 {
   (void)ino;
   struct fs_handle *h = handle_of(fi);
-  struct nbd_pool *pool = h->pool;
   uint64_t fsize = h->size;
   if (handle_gone(h)) {
     fuse_reply_err(req, EIO);
@@ -863,27 +916,16 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
   }
   if (size > fsize - (uint64_t)off)
     size = fsize - (uint64_t)off; /* short read at the end */
-  off += (off_t)h->base;
-  /* Widen to the server's minimum block size (the size is a multiple of it). */
-  uint64_t align = nbd_pool_min_block(pool);
-  uint64_t start = (uint64_t)off - (uint64_t)off % align;
-  uint64_t end = (uint64_t)off + size;
-  end += (align - end % align) % align;
-  struct read_op *r = malloc(sizeof *r + (end - start));
-  if (!r) {
-    fuse_reply_err(req, ENOMEM);
-    return;
+  uint64_t at = (uint64_t)off + h->base;
+  uint64_t start_ns = stats_now();
+  struct ra_read *x = h->ra ? malloc(sizeof *x) : NULL;
+  if (x) {
+    *x = (struct ra_read){ req, h->pool, at, size, stats_of(h), start_ns };
+    if (readahead_read(h->ra, at, size, ra_read_done, x))
+      return;
+    free(x);
   }
-  nbd_op_init(&r->op, read_complete);
-  r->req = req;
-  r->pool = pool;
-  r->off = (uint64_t)off;
-  r->skip = (size_t)((uint64_t)off - start);
-  r->len = size;
-  r->stats = stats_of(h);
-  r->start_ns = stats_now();
-  nbd_pool_io(pool, &r->op, NBD_CMD_READ, 0, start, end - start, r->buf);
-  nbd_op_put(&r->op);
+  read_from_server(req, h->pool, at, size, stats_of(h), start_ns);
 }
 
 /* ---- write ---- */
