@@ -10,7 +10,8 @@
 #   BENCH_RUNTIME=5       seconds per fio latency job (plus a 1 s ramp)
 #   BENCH_SIZE=4G         size of the export for the dd, mkfs and latency jobs (>= 1G)
 #   BENCH_JOBS="..."      jobs to run, space-separated (default: all, in this order):
-#                         dd-1M dd-4k read-1M cp-on cp-off convert mkfs lat-randread lat-randwrite
+#                         dd-1M dd-4k read-1M read-1M-128k cp-on cp-off convert mkfs
+#                         lat-randread lat-randwrite
 #   BENCH_PATHS="..."     paths: nbdfs nbdfuse fio-nbd (default: all; fio-nbd only has latency jobs)
 #   NBDFS_ARGS="..."      extra flags for nbdfs (word-split), e.g. "-C 2"
 #   NBDFS_BIN=path        nbdfs binary (default: build/nbdfs, built with meson if missing)
@@ -26,6 +27,9 @@
 #   dd-1M     dd if=SRC of=FILE bs=1M count=1024 conv=fsync,notrunc    MB/s
 #   dd-4k     dd if=SRC of=FILE bs=4k count=65536 conv=fsync,notrunc   MB/s
 #   read-1M   dd if=FILE of=/dev/null bs=1M count=1024 (cold)          MB/s
+#   read-1M-128k  the same with the mount's read_ahead_kb at 128, FUSE's
+#             default and what an unprivileged mount keeps (as root,
+#             nbdfs raises it to 1024 itself)                          MB/s
 #   cp-on     cp SRC FILE; sync FILE (1 GiB export)                    seconds
 #   cp-off    cp FILE OUT, OUT in the temporary directory (1 GiB)      seconds
 #   convert   qemu-img convert -n -f qcow2 -O raw Q FILE (1 GiB)       seconds
@@ -50,7 +54,7 @@ ROUNDS=${BENCH_ROUNDS:-3}
 RUNTIME=${BENCH_RUNTIME:-5}
 RAMP=1
 SIZE=${BENCH_SIZE:-4G}
-ALL_JOBS=(dd-1M dd-4k read-1M cp-on cp-off convert mkfs lat-randread lat-randwrite)
+ALL_JOBS=(dd-1M dd-4k read-1M read-1M-128k cp-on cp-off convert mkfs lat-randread lat-randwrite)
 ALL_PATHS=(nbdfs nbdfuse fio-nbd)
 read -r -a JOBS <<<"${BENCH_JOBS:-${ALL_JOBS[*]}}"
 read -r -a PATHS_SEL <<<"${BENCH_PATHS:-${ALL_PATHS[*]}}"
@@ -165,6 +169,17 @@ mount_path() {
     return 1
 }
 
+# unprivileged_readahead: set the mounted file's read_ahead_kb to 128, as an
+# unprivileged mount has it (nbdfs, as root, raises it once it serves
+# requests: set it after that, and check that it stayed).
+unprivileged_readahead() {
+    local bdi
+    bdi=/sys/class/bdi/$(mountpoint -d "$MOUNT_DIR")/read_ahead_kb || return 1
+    sleep 0.3
+    echo 128 >"$bdi" && sleep 0.1 && [[ $(cat "$bdi") == 128 ]] ||
+        { say "cannot set $bdi to 128"; return 1; }
+}
+
 # unmount_path PATH: record the daemon's VmHWM (kB), then unmount and wait for it.
 unmount_path() {
     [[ -n $DAEMON_PID ]] || return 0
@@ -198,22 +213,23 @@ measure() {
     local job=$1 path=$2 round=$3 t0 t1 val="" ok=1 bytes=$GIB json dir
     local err=$RES/$job.$path.$round.err
     case $job in cp-*|convert) start_server "$GIB" ;; *) start_server "$SIZE_BYTES" ;; esac
-    case $job in read-1M|cp-off|convert|lat-randread) fill_server ;; esac
+    case $job in read-1M*|cp-off|convert|lat-randread) fill_server ;; esac
     if [[ $path != fio-nbd ]] && ! mount_path "$path"; then
         stop_daemon
         echo ERR >>"$RES/$job.$path"
         return 1
     fi
+    [[ $job == read-1M-128k ]] && ! unprivileged_readahead && { echo ERR >>"$RES/$job.$path"; stop_daemon; return 1; }
     drop_caches
     # Sources local to this machine are read back into the cache: only the mount is measured cold.
     case $job in dd-*|cp-on) cat "$SRC" >/dev/null ;; convert) cat "$QCOW" >/dev/null ;; esac
-    [[ $path != fio-nbd && $job == @(dd-1M|read-1M) ]] && rss_start "$DAEMON_PID" "$RES/rss.$path"
+    [[ $path != fio-nbd && $job == @(dd-1M|read-1M*) ]] && rss_start "$DAEMON_PID" "$RES/rss.$path"
     t0=$EPOCHREALTIME
     case $job in
         dd-1M)   run_bg 600 dd if="$SRC" of="$FILE" bs=1M count=1024 conv=fsync,notrunc status=none 2>"$err" || ok=0 ;;
         dd-4k)   bytes=$((GIB / 4))
                  run_bg 600 dd if="$SRC" of="$FILE" bs=4k count=65536 conv=fsync,notrunc status=none 2>"$err" || ok=0 ;;
-        read-1M) run_bg 600 dd if="$FILE" of=/dev/null bs=1M count=1024 status=none 2>"$err" || ok=0 ;;
+        read-1M*) run_bg 600 dd if="$FILE" of=/dev/null bs=1M count=1024 status=none 2>"$err" || ok=0 ;;
         cp-on)   { run_bg 600 cp "$SRC" "$FILE" && run_bg 600 sync "$FILE"; } 2>"$err" || ok=0 ;;
         cp-off)  run_bg 600 cp "$FILE" "$TMP/out.raw" 2>"$err" || ok=0 ;;
         convert) run_bg 600 qemu-img convert -n -f qcow2 -O raw "$QCOW" "$FILE" 2>"$err" || ok=0 ;;
@@ -232,14 +248,14 @@ measure() {
     rss_stop
     if ((ok)) && [[ $job != lat-* ]]; then
         case $job in
-            dd-*|read-1M) val=$(awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN {printf "%.0f", b / (c - a) / 1e6}') ;;
+            dd-*|read-1M*) val=$(awk -v b="$bytes" -v a="$t0" -v c="$t1" 'BEGIN {printf "%.0f", b / (c - a) / 1e6}') ;;
             *)            val=$(awk -v a="$t0" -v c="$t1" 'BEGIN {printf "%.3f", c - a}') ;;
         esac
     fi
     # Checks that need the mount (hot for read-1M: they see what the job read).
     if ((ok)); then
         case $job in
-            read-1M) run_bg 600 cmp -s -n "$GIB" "$FILE" "$SRC" || { echo "data read differs from SRC" >>"$err"; ok=0; } ;;
+            read-1M*) run_bg 600 cmp -s -n "$GIB" "$FILE" "$SRC" || { echo "data read differs from SRC" >>"$err"; ok=0; } ;;
             cp-off)  run_bg 600 cmp -s "$TMP/out.raw" "$SRC" || { echo "the copy differs from SRC" >>"$err"; ok=0; } ;;
             mkfs)    drop_caches
                      run_bg 600 e2fsck -fn "$FILE" >>"$err" 2>&1 || { echo "e2fsck -fn failed" >>"$err"; ok=0; } ;;
@@ -292,6 +308,7 @@ res, jobs, paths = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 # job -> (unit, how the ratio is formed): "hi": nbdfs/nbdfuse, "time": nbdfuse/nbdfs,
 # "lo": nbdfs/nbdfuse with lower being better.
 kinds = {"dd-1M": ("MB/s", "hi"), "dd-4k": ("MB/s", "hi"), "read-1M": ("MB/s", "hi"),
+         "read-1M-128k": ("MB/s", "hi"),
          "cp-on": ("s", "time"), "cp-off": ("s", "time"), "convert": ("s", "time"),
          "mkfs": ("s", "time"), "lat-randread": ("us", "lo"), "lat-randwrite": ("us", "lo")}
 bad = False
