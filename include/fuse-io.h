@@ -4,8 +4,9 @@
 #ifndef NBDFS_FUSE_IO_H
 #define NBDFS_FUSE_IO_H
 
+#include <stdbool.h>
 
-struct fuse_session;
+#include <fuse_lowlevel.h>
 
 /* After fuse_session_mount: read and write se's device through hooks that
  * add to the INIT reply, when the kernel offers it, FUSE_HANDLE_KILLPRIV_V2:
@@ -14,5 +15,9 @@ struct fuse_session;
  * costs a security.capability lookup (a round trip to nbdfs) each time.
  * 0 or a negative errno. */
 int fuse_io_install(struct fuse_session *se);
+
+/* fuse_reply_open, adding FOPEN_PARALLEL_DIRECT_WRITES (which libfuse 3.14
+ * cannot set) when parallel_writes. */
+int fuse_io_reply_open(fuse_req_t req, const struct fuse_file_info *fi, bool parallel_writes);
 
 #endif

@@ -23,6 +23,7 @@
 
 #include "blockio.h"
 #include "extents.h"
+#include "fuse-io.h"
 #include "fuse-rx.h"
 #include "log.h"
 #include "readahead.h"
@@ -604,7 +605,11 @@ static void open_ready(void *arg, struct fs_file *f, int err)
     readahead_drop(pool);
     if (!o->fi.direct_io)
       h->ra = readahead_of(pool);
-    if (fuse_reply_open(o->req, &o->fi) != 0) { /* interrupted: no release will come */
+    /* Direct writes to one file need not wait for each other (the kernel
+     * still serialises them while cached descriptors are open, and past
+     * the end): the pool orders what must be ordered. */
+    if (fuse_io_reply_open(o->req, &o->fi, o->fi.direct_io) != 0) {
+      /* interrupted: no release will come */
       fs_file_release(o->fs, f);
       handle_free(h);
     }

@@ -19,6 +19,8 @@
 #define WANTED ((uint64_t)FUSE_HANDLE_KILLPRIV_V2)
 static _Atomic uint64_t init_unique;  /* 0: INIT not seen yet */
 static _Atomic uint64_t offered;      /* the kernel's INIT flags */
+/* FOPEN_* flags for the OPEN reply this thread is about to send. */
+static __thread uint32_t open_flags_add;
 
 static ssize_t io_read(int fd, void *buf, size_t len, void *userdata)
 {
@@ -55,7 +57,22 @@ static ssize_t io_writev(int fd, struct iovec *iov, int count, void *userdata)
     }
     atomic_store(&init_unique, 0);
   }
+  if (open_flags_add) {
+    /* Armed by fuse_io_reply_open around fuse_reply_open, whose
+     * fuse_open_out libfuse builds on its stack. */
+    if (out->error == 0 && count == 2 && iov[1].iov_len == sizeof(struct fuse_open_out))
+      ((struct fuse_open_out *)iov[1].iov_base)->open_flags |= open_flags_add;
+    open_flags_add = 0;
+  }
   return writev(fd, iov, count);
+}
+
+int fuse_io_reply_open(fuse_req_t req, const struct fuse_file_info *fi, bool parallel_writes)
+{
+  open_flags_add = parallel_writes ? FOPEN_PARALLEL_DIRECT_WRITES : 0;
+  int r = fuse_reply_open(req, fi);
+  open_flags_add = 0; /* also when libfuse sent nothing */
+  return r;
 }
 
 int fuse_io_install(struct fuse_session *se)
