@@ -28,6 +28,7 @@
 #include "log.h"
 #include "readahead.h"
 #include "stats.h"
+#include "wlog.h"
 
 /* Attributes are cached for a second: sizes never change, but
  * allocation (st_blocks) does, also by other clients. */
@@ -718,11 +719,17 @@ struct read_op {
  * hand-off would cost more than it saves. */
 #define OFFLOAD_MIN (256 * 1024)
 
-/* The same thread answers getattrs whose scan missed its deadline. */
+/* The same thread sends large WRITE payloads (kept in FUSE's receive
+ * buffer), so the worker reads the next request while the last one's
+ * payload is copied into the socket; and it answers getattrs whose scan
+ * missed its deadline. */
+struct write_op;
+static void send_write(struct write_op *w);
 struct reply_queue {
   pthread_mutex_t lock;
   pthread_cond_t cond;         /* CLOCK_MONOTONIC */
   struct read_op *head, **tail;
+  struct write_op *sends, **sends_tail;
   struct stat_wait *waits, **waits_tail; /* FIFO is deadline order: one fixed delay */
   bool stop;
   bool running;
@@ -730,13 +737,22 @@ struct reply_queue {
 };
 static struct reply_queue replies = { .lock = PTHREAD_MUTEX_INITIALIZER,
                                       .cond = PTHREAD_COND_INITIALIZER, .tail = &replies.head,
-                                      .waits_tail = &replies.waits };
+                                      .sends_tail = &replies.sends, .waits_tail = &replies.waits };
 
 static void *reply_main(void *arg)
 {
   (void)arg;
   pthread_mutex_lock(&replies.lock);
   for (;;) {
+    struct write_op *send = replies.sends;
+    if (send) {
+      replies.sends = NULL;
+      replies.sends_tail = &replies.sends;
+      pthread_mutex_unlock(&replies.lock);
+      send_write(send); /* the whole list, in order */
+      pthread_mutex_lock(&replies.lock);
+      continue;
+    }
     struct read_op *r = replies.head;
     if (!r) {
       struct stat_wait *w = replies.waits;
@@ -947,6 +963,11 @@ struct write_op {
   struct fs_file *file;
   struct nbd_stats *stats;
   uint64_t start_ns;
+  /* handed to the reply thread to send: */
+  uint16_t flags;
+  const void *buf;
+  struct wbuf *owner;    /* the receive buffer holding buf */
+  struct write_op *next;
 };
 
 static void write_complete(struct nbd_op *op, int err)
@@ -977,6 +998,39 @@ static void write_complete(struct nbd_op *op, int err)
     fuse_reply_write(w->req, w->len);
   }
   free(w);
+}
+
+/* Hand w to the reply thread, which sends it; false if it is not running. */
+static bool queue_send(struct write_op *w, uint16_t flags, const void *buf, struct wbuf *owner)
+{
+  w->flags = flags;
+  w->buf = buf;
+  w->owner = wbuf_get(owner);
+  w->next = NULL;
+  pthread_mutex_lock(&replies.lock);
+  bool ok = replies.running && !replies.stop;
+  if (ok) {
+    *replies.sends_tail = w;
+    replies.sends_tail = &w->next;
+    pthread_cond_signal(&replies.cond);
+  }
+  pthread_mutex_unlock(&replies.lock);
+  if (!ok)
+    wbuf_put(w->owner);
+  return ok;
+}
+
+/* On the reply thread: send each write of the list. */
+static void send_write(struct write_op *w)
+{
+  while (w) {
+    struct write_op *next = w->next;
+    struct wbuf *owner = w->owner;
+    blockio_write(w->pool, &w->op, w->flags, w->off, w->len, w->buf, owner);
+    nbd_op_put(&w->op); /* may free w */
+    wbuf_put(owner);
+    w = next;
+  }
 }
 
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -1034,8 +1088,12 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   w->stats = stats_of(h);
   w->start_ns = stats_now();
   inflight_add(size);
-  /* A large payload stays in FUSE's receive buffer, kept by reference. */
-  blockio_write(pool, &w->op, flags, (uint64_t)off, size, buf, fuse_rx_owner(buf, size));
+  /* A large payload stays in FUSE's receive buffer, kept by reference,
+   * and the reply thread sends it. */
+  struct wbuf *owner = fuse_rx_owner(buf, size);
+  if (owner && size >= OFFLOAD_MIN && queue_send(w, flags, buf, owner))
+    return;
+  blockio_write(pool, &w->op, flags, (uint64_t)off, size, buf, owner);
   nbd_op_put(&w->op);
 }
 
