@@ -22,9 +22,10 @@
 struct nbd_pool;
 struct readahead;
 
-/* data: len bytes, valid during the call only.  err: EAGAIN when the
- * prefetch did not work out; the caller then reads for itself. */
-typedef void (*readahead_done_fn)(void *arg, const void *data, size_t len, int err);
+/* ctx: the caller's context (see readahead_read).  data: len bytes, valid
+ * during the call only.  err: EAGAIN when the prefetch did not work out;
+ * the caller then reads for itself. */
+typedef void (*readahead_done_fn)(const void *ctx, const void *data, size_t len, int err);
 
 /* The export's read-ahead, made on first use (freed with the pool); NULL
  * when out of memory. */
@@ -33,9 +34,11 @@ struct readahead *readahead_of(struct nbd_pool *p);
 /* Answer a read of [off, off+len) (export offsets) from prefetched data:
  * true when it will be, through done (maybe before this returns); false
  * when the caller must read for itself.  Either way the read is noted, and
- * a run of sequential reads starts fetching ahead. */
+ * a run of sequential reads starts fetching ahead.  done gets ctx, or,
+ * when the read waits for data still on its way, a copy of its ctx_size
+ * bytes: the caller allocates nothing. */
 bool readahead_read(struct readahead *ra, uint64_t off, size_t len, readahead_done_fn done,
-                    void *arg);
+                    const void *ctx, size_t ctx_size);
 
 /* Drop what p's read-ahead holds, if it has one (an open). */
 void readahead_drop(struct nbd_pool *p);

@@ -909,16 +909,15 @@ struct ra_read {
   uint64_t start_ns;
 };
 
-static void ra_read_done(void *arg, const void *data, size_t len, int err)
+static void ra_read_done(const void *ctx, const void *data, size_t len, int err)
 {
-  struct ra_read *x = arg;
+  const struct ra_read *x = ctx;
   if (err) { /* the prefetch did not work out: from the server after all */
     read_from_server(x->req, x->pool, x->off, x->size, x->stats, x->start_ns);
   } else {
     stats_count(x->stats, STATS_READ, x->start_ns, len, false);
     fuse_reply_buf(x->req, data, len);
   }
-  free(x);
 }
 
 static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -939,12 +938,10 @@ static void fs_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
     size = fsize - (uint64_t)off; /* short read at the end */
   uint64_t at = (uint64_t)off + h->base;
   uint64_t start_ns = stats_now();
-  struct ra_read *x = h->ra ? malloc(sizeof *x) : NULL;
-  if (x) {
-    *x = (struct ra_read){ req, h->pool, at, size, stats_of(h), start_ns };
-    if (readahead_read(h->ra, at, size, ra_read_done, x))
+  if (h->ra) {
+    struct ra_read x = { req, h->pool, at, size, stats_of(h), start_ns };
+    if (readahead_read(h->ra, at, size, ra_read_done, &x, sizeof x))
       return;
-    free(x);
   }
   read_from_server(req, h->pool, at, size, stats_of(h), start_ns);
 }
@@ -1088,10 +1085,10 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
   w->stats = stats_of(h);
   w->start_ns = stats_now();
   inflight_add(size);
-  /* A large payload stays in FUSE's receive buffer, kept by reference,
-   * and the reply thread sends it. */
+  /* A large payload (at least half a receive buffer) stays in FUSE's
+   * receive buffer, kept by reference, and the reply thread sends it. */
   struct wbuf *owner = fuse_rx_owner(buf, size);
-  if (owner && size >= OFFLOAD_MIN && queue_send(w, flags, buf, owner))
+  if (owner && queue_send(w, flags, buf, owner))
     return;
   blockio_write(pool, &w->op, flags, (uint64_t)off, size, buf, owner);
   nbd_op_put(&w->op);

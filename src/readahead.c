@@ -3,7 +3,9 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "pool.h"
 
@@ -21,8 +23,8 @@ struct waiter {
   uint64_t off;
   size_t len;
   readahead_done_fn done;
-  void *arg;
   struct waiter *next;
+  max_align_t ctx[];         /* a copy of the caller's context */
 };
 
 struct chunk {
@@ -155,12 +157,12 @@ static void chunk_loaded(struct nbd_op *op, int err)
   c->waiters = NULL;
   if (ok) /* under the lock: nothing reuses the buffer meanwhile */
     for (struct waiter *x = w; x; x = x->next)
-      x->done(x->arg, c->buf + (x->off - c->off), x->len, 0);
+      x->done(x->ctx, c->buf + (x->off - c->off), x->len, 0);
   pthread_mutex_unlock(&ra->lock);
   while (w) {
     struct waiter *next = w->next;
     if (!ok)
-      w->done(w->arg, NULL, 0, EAGAIN);
+      w->done(w->ctx, NULL, 0, EAGAIN);
     free(w);
     w = next;
   }
@@ -174,7 +176,7 @@ static void send_load(struct chunk *c)
 }
 
 bool readahead_read(struct readahead *ra, uint64_t off, size_t len, readahead_done_fn done,
-                    void *arg)
+                    const void *ctx, size_t ctx_size)
 {
   bool taken = false;
   struct chunk *load = NULL;
@@ -184,12 +186,13 @@ bool readahead_read(struct readahead *ra, uint64_t off, size_t len, readahead_do
   ra->next = off + len;
   struct chunk *c = len ? find_locked(ra, off, len) : NULL;
   if (c && c->state == CHUNK_READY) {
-    done(arg, c->buf + (off - c->off), len, 0);
+    done(ctx, c->buf + (off - c->off), len, 0);
     taken = true;
   } else if (c) { /* LOADING: answered when it arrives */
-    struct waiter *w = malloc(sizeof *w);
+    struct waiter *w = malloc(sizeof *w + ctx_size);
     if (w) {
-      *w = (struct waiter){ off, len, done, arg, NULL };
+      *w = (struct waiter){ off, len, done, NULL };
+      memcpy(w->ctx, ctx, ctx_size);
       struct waiter **tail = &c->waiters;
       while (*tail)
         tail = &(*tail)->next;
