@@ -46,6 +46,7 @@ struct fs_handle {
   uint64_t base, size;   /* the window on the export: all of it, or a partition */
   unsigned gen;          /* fs_file_gen at open: the file has gone since when it differs */
   bool writable;
+  bool direct;           /* direct_io: the kernel's cache is not used */
   struct readahead *ra;  /* reads go through the page cache: prefetch them; or NULL */
   struct fs_handle *prev, *next; /* open handles, for an exit with files open */
 };
@@ -62,6 +63,18 @@ static void handle_track(struct fs_handle *h)
     handles->prev = h;
   handles = h;
   pthread_mutex_unlock(&handles_lock);
+}
+
+/* f is open for writing through the page cache (another handle than h):
+ * with the writeback cache, it may have pages under write-back. */
+static bool cached_writer_open(const struct fs_file *f, const struct fs_handle *h)
+{
+  pthread_mutex_lock(&handles_lock);
+  const struct fs_handle *o = handles;
+  while (o && (o == h || o->f != f || !o->writable || o->direct))
+    o = o->next;
+  pthread_mutex_unlock(&handles_lock);
+  return o != NULL;
 }
 
 static void handle_free(struct fs_handle *h)
@@ -601,8 +614,15 @@ static void open_ready(void *arg, struct fs_file *f, int err)
      * spares every write the kernel's security.capability lookup (one
      * synchronous round trip per write on cached handles). */
     o->fi.direct_io = o->fs->cache == CACHE_NONE || (o->fi.flags & O_DIRECT);
-    o->fi.keep_cache = 0;
-    /* The kernel drops its cache of the file at this open: so do we. */
+    h->direct = o->fi.direct_io;
+    /* The kernel drops its cache of the file at an open (so that other
+     * clients' writes are seen), and waits for every page under write-back
+     * to be written first: while a writer on this mount keeps writing
+     * back, that open would wait as long as the writer writes.  So the
+     * cache is kept for an open that does not use it (direct), and while
+     * the file is open for cached writing here (writeback). */
+    o->fi.keep_cache = h->direct || (atomic_load(&o->fs->writeback) && cached_writer_open(f, h));
+    /* What nbdfs fetched ahead is dropped at every open. */
     readahead_drop(pool);
     if (!o->fi.direct_io)
       h->ra = readahead_of(pool);
