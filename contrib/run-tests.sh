@@ -24,7 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
 TEST_TIMEOUT=300
 # Step 7's subset: tests with many threads, connections and shutdown races.
-TSAN_TESTS="t-multiconn t-lifecycle t-reconnect-drop t-reconnect-stall t-reconnect-tls t-unmount-race t-worker-deadlock t-server-cmd t-notify t-partitions t-stats t-cache-modes t-readahead t-busy-poll"
+TSAN_TESTS="t-multiconn t-lifecycle t-reconnect-drop t-reconnect-stall t-reconnect-tls t-unmount-race t-worker-deadlock t-server-cmd t-notify t-partitions t-stats t-cache-modes t-readahead t-busy-poll t-write-fairness"
 RUN_ID=$$
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/nbdfs-run-tests.XXXXXX")
 # Sanitizer reports, also from an nbdfs the test user runs: it may create

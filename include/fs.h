@@ -28,14 +28,15 @@ void fs_free_handles(void);
  * or NULL when out of memory. */
 char **fs_writable_paths(struct fs *fs, const char *mount_path);
 
-/* Admission: the write payloads nbdfs holds for requests in flight are
- * bounded, so a burst of writeback (up to max_background
- * requests of 1 MiB) waits in the kernel, where its pages
- * are anyway, instead of being copied into nbdfs's memory.  A worker asks
- * before reading the next FUSE request: true, go ahead; false, stop
- * reading, and resume(arg) will be called once (from whichever thread
- * finishes a request) when enough has been answered. */
+/* Admission (write-sched.h): a worker asks before reading the next FUSE
+ * request: true, go ahead; false, stop reading, and resume(arg) will be
+ * called once (from whichever thread finishes a request) when enough write
+ * payload has been answered. */
 bool fs_admit(void (*resume)(void *arg), void *arg);
+/* At shutdown, once no request is read any more: send the writes the write
+ * scheduler still holds, and wait until the reply thread has handed every
+ * write it was given to its pool (whose close then waits for them). */
+void fs_send_held_writes(void);
 
 /* ---- xattr.c: extended attributes describing an export ---- */
 

@@ -478,6 +478,9 @@ out_stop:
       loop_remove(&fsrcs[i].src);
   for (int i = 0; i < nloops; i++)
     loop_barrier(loops[i]);
+  /* Writes still held go to their pools now, whose close waits for them
+   * like for any other write in flight. */
+  fs_send_held_writes();
   if (fs_shutdown(&fs) != 0)
     rc = 1; /* acknowledged writes may not be durable */
   fs_reply_thread_stop();
