@@ -960,13 +960,10 @@ struct write_op {
   uint64_t start_ns;
   uint16_t flags;
   bool large;            /* its payload fills half a receive buffer: kept, not copied */
-  /* held by the write scheduler: */
-  struct write_sched_item item;
-  struct wbuf *hold;     /* a reference to the buffer holding buf */
-  /* handed to the reply thread to send: */
-  const void *buf;
-  struct wbuf *owner;    /* the receive buffer holding buf */
-  struct write_op *next;
+  const void *buf;       /* the payload, until sent */
+  struct wbuf *owner;    /* a reference to the buffer holding buf, or NULL */
+  struct write_sched_item item; /* held by the write scheduler */
+  struct write_op *next; /* handed to the reply thread to send */
 };
 
 static void write_complete(struct nbd_op *op, int err)
@@ -999,11 +996,10 @@ static void write_complete(struct nbd_op *op, int err)
   free(w);
 }
 
-/* Hand w to the reply thread, which sends it; false if it is not running. */
-static bool queue_send(struct write_op *w, const void *buf, struct wbuf *owner)
+/* Hand w to the reply thread, which sends it (and drops w->owner); false
+ * if it is not running. */
+static bool queue_send(struct write_op *w)
 {
-  w->buf = buf;
-  w->owner = wbuf_get(owner);
   w->next = NULL;
   pthread_mutex_lock(&replies.lock);
   bool ok = replies.running && !replies.stop;
@@ -1013,9 +1009,17 @@ static bool queue_send(struct write_op *w, const void *buf, struct wbuf *owner)
     pthread_cond_signal(&replies.cond);
   }
   pthread_mutex_unlock(&replies.lock);
-  if (!ok)
-    wbuf_put(w->owner);
   return ok;
+}
+
+/* Give w to its pool, on this thread.  The pool keeps w->owner's buffer by
+ * reference, or copies a payload that has none. */
+static void send_now(struct write_op *w)
+{
+  struct wbuf *owner = w->owner;
+  blockio_write(w->pool, &w->op, w->flags, w->off, w->len, w->buf, owner);
+  nbd_op_put(&w->op); /* may free w */
+  wbuf_put(owner);
 }
 
 /* On the reply thread: send each write of the list. */
@@ -1023,33 +1027,24 @@ static void send_write(struct write_op *w)
 {
   while (w) {
     struct write_op *next = w->next;
-    struct wbuf *owner = w->owner;
-    blockio_write(w->pool, &w->op, w->flags, w->off, w->len, w->buf, owner);
-    nbd_op_put(&w->op); /* may free w */
-    wbuf_put(owner);
+    send_now(w);
     w = next;
   }
 }
 
 /* Send w (counted in flight by the write scheduler).  A large payload, kept
- * in its receive buffer (owner), is sent by the reply thread while this
- * worker reads on; a small one is copied here. */
-static void write_send(struct write_op *w, const void *buf, struct wbuf *owner)
+ * in its receive buffer, is sent by the reply thread while this worker
+ * reads on. */
+static void write_send(struct write_op *w)
 {
-  if (w->large && queue_send(w, buf, owner))
-    return;
-  blockio_write(w->pool, &w->op, w->flags, w->off, w->len, buf, owner);
-  nbd_op_put(&w->op);
+  if (!w->large || !queue_send(w))
+    send_now(w);
 }
 
 /* The write scheduler's turn for a held write. */
 static void send_held(struct write_sched_item *it)
 {
-  struct write_op *w = (struct write_op *)((char *)it - offsetof(struct write_op, item));
-  struct wbuf *hold = w->hold;
-  w->hold = NULL;
-  write_send(w, w->buf, hold); /* may free w */
-  wbuf_put(hold);
+  write_send((struct write_op *)((char *)it - offsetof(struct write_op, item)));
 }
 
 static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
@@ -1111,19 +1106,22 @@ static void fs_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
    * receive buffer, kept by reference. */
   struct wbuf *owner = fuse_rx_owner(buf, size);
   w->large = owner != NULL;
+  w->buf = buf;
+  w->owner = wbuf_get(owner);
   if (write_sched_try(size)) {
-    write_send(w, buf, owner);
+    write_send(w);
     return;
   }
   /* Its turn comes after earlier writes are answered, and the receive
-   * buffer is read into again before then: keep the payload. */
-  w->hold = owner ? wbuf_get(owner) : wbuf_new(buf, size);
-  if (!w->hold) {
-    fuse_reply_err(req, ENOMEM);
-    free(w);
-    return;
+   * buffer is read into again before then: a small payload is copied. */
+  if (!owner) {
+    if (!(w->owner = wbuf_new(buf, size))) {
+      fuse_reply_err(req, ENOMEM);
+      free(w);
+      return;
+    }
+    w->buf = w->owner->data;
   }
-  w->buf = owner ? (const void *)buf : w->hold->data;
   w->item = (struct write_sched_item){ .send = send_held, .len = size };
   if (write_sched_hold(&w->item))
     send_held(&w->item);

@@ -137,25 +137,23 @@ void write_sched_done(uint64_t len)
     memcpy(wake, ws.parked, (size_t)n * sizeof *wake);
     ws.nparked = 0;
   }
+  struct write_sched_item *it = dispatching ? NULL : take_sendable_locked();
   pthread_mutex_unlock(&ws.lock);
   for (int i = 0; i < n; i++)
     wake[i].fn(wake[i].arg);
-  if (dispatching)
+  if (!it)
     return;
   dispatching = true;
-  for (;;) {
-    pthread_mutex_lock(&ws.lock);
-    struct write_sched_item *it = take_sendable_locked();
-    if (it)
-      measure_locked();
-    pthread_mutex_unlock(&ws.lock);
-    if (!it)
-      break;
+  while (it) {
     while (it) {
       struct write_sched_item *next = it->next;
       it->send(it); /* may free it */
       it = next;
     }
+    pthread_mutex_lock(&ws.lock);
+    measure_locked();
+    it = take_sendable_locked();
+    pthread_mutex_unlock(&ws.lock);
   }
   dispatching = false;
 }
