@@ -142,7 +142,9 @@ struct fs {
 int fs_init_table(struct fs *fs);
 /* Add a file (returns it, or NULL on allocation failure). */
 struct fs_file *fs_add_file(struct fs *fs, const char *file_name, const char *export_name);
-/* A partition file (--partitions) on disk, complete before it is listed. */
+/* A partition file (--partitions) on disk, complete before it is listed;
+ * NULL with errno ENOMEM, or EEXIST when a live file (an export named like
+ * a partition file) has the name already: the export keeps it. */
 struct fs_file *fs_add_partition(struct fs *fs, const char *file_name, struct fs_file *disk,
                                  const struct part_entry *e);
 /* Single-export mode: the file's pool, open for the whole mount.  Attaches

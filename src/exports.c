@@ -248,9 +248,25 @@ static void recycle_into(struct fs *fs, struct fs_file *f, struct fs_file *nf)
 
 /* Put f in the table (it is complete: lookups may find it at once), in a
  * recycled slot if one is free. */
-static struct fs_file *publish(struct fs *fs, struct fs_file *f)
+static void discard_unpublished(struct fs_file *f)
+{
+  pthread_mutex_destroy(&f->lock);
+  free(f->name);
+  free(f->export_name);
+  free(f);
+}
+
+/* List f.  With unique, a name a live file already has is refused
+ * (EEXIST), checked under the same lock that lists f. */
+static struct fs_file *publish(struct fs *fs, struct fs_file *f, bool unique)
 {
   pthread_rwlock_wrlock(&fs->files_lock);
+  if (unique && find_name(fs, f->name, true)) {
+    pthread_rwlock_unlock(&fs->files_lock);
+    discard_unpublished(f);
+    errno = EEXIST;
+    return NULL;
+  }
   while (fs->mode == FS_EXPORTS && fs->nfree > 0) {
     struct fs_file *old = fs->files[fs->free_slots[--fs->nfree]];
     if (!recyclable(old))
@@ -267,9 +283,8 @@ static struct fs_file *publish(struct fs *fs, struct fs_file *f)
     struct fs_file **nf = realloc(fs->files, (size_t)cap * sizeof *nf);
     if (!nf) {
       pthread_rwlock_unlock(&fs->files_lock);
-      free(f->name);
-      free(f->export_name);
-      free(f);
+      discard_unpublished(f);
+      errno = ENOMEM;
       return NULL;
     }
     fs->files = nf;
@@ -290,7 +305,7 @@ static struct fs_file *publish(struct fs *fs, struct fs_file *f)
 struct fs_file *fs_add_file(struct fs *fs, const char *file_name, const char *export_name)
 {
   struct fs_file *f = new_file(fs, file_name, export_name);
-  return f ? publish(fs, f) : NULL;
+  return f ? publish(fs, f, false) : NULL;
 }
 
 struct fs_file *fs_add_partition(struct fs *fs, const char *file_name, struct fs_file *disk,
@@ -311,7 +326,7 @@ struct fs_file *fs_add_partition(struct fs *fs, const char *file_name, struct fs
   f->have_info = true;
   f->disk = disk;
   f->part = *e;
-  return publish(fs, f);
+  return publish(fs, f, true);
 }
 
 struct fs_file *fs_file_at(struct fs *fs, int i)
@@ -385,6 +400,24 @@ static struct fs_file *find_export(struct fs *fs, const char *export_name)
         break;
   pthread_rwlock_unlock(&fs->files_lock);
   return f;
+}
+
+/* Whether a partition file has the plain file name of export (a name, once
+ * shown, keeps naming the same file, so the export is not shown); if so,
+ * its disk's name goes to disk. */
+static bool partition_named_like(struct fs *fs, const char *export, char *disk, size_t len)
+{
+  char *plain = name_from_export(export, "default");
+  if (!plain)
+    return false;
+  pthread_rwlock_rdlock(&fs->files_lock);
+  struct fs_file *f = find_name(fs, plain, false);
+  bool found = f && f->disk;
+  if (found)
+    snprintf(disk, len, "%s", f->disk->name);
+  pthread_rwlock_unlock(&fs->files_lock);
+  free(plain);
+  return found;
 }
 
 static bool name_taken(const char *name, void *arg)
@@ -611,8 +644,13 @@ int fs_list_exports(struct fs *fs, char *err, size_t errlen)
     if (!fname && errno == EEXIST) {
       char sname[96];
       nbd_sanitize(sname, sizeof sname, (const uint8_t *)list[i].name, strlen(list[i].name));
-      log_failure(&name_clash, "export '%s' not shown: every file name it could have is taken by "
-                  "another file (colliding digests: a hostile export list?)", sname);
+      char disk[96];
+      if (partition_named_like(fs, list[i].name, disk, sizeof disk))
+        log_failure(&name_clash, "export '%s' not shown: a partition file of %s has its name", sname,
+                    disk);
+      else
+        log_failure(&name_clash, "export '%s' not shown: every file name it could have is taken by "
+                    "another file (colliding digests: a hostile export list?)", sname);
     }
     fl[i] = fname ? fs_add_file(fs, fname, list[i].name) : NULL;
     free(fname);

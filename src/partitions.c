@@ -86,7 +86,13 @@ static void add_partition(struct fs *fs, struct fs_file *disk, const struct part
 {
   char name[4200];
   snprintf(name, sizeof name, "%s.p%d", disk->name, e->number);
-  if (!fs_add_partition(fs, name, disk, e))
+  static struct log_limit clash = LOG_LIMIT_INIT;
+  if (fs_add_partition(fs, name, disk, e))
+    return;
+  if (errno == EEXIST)
+    log_failure(&clash, "%s: partition %d not shown: an export's file is named %s already", disk->name,
+                e->number, name);
+  else
     log_error("%s: out of memory adding partition %d", disk->name, e->number);
 }
 

@@ -44,6 +44,11 @@
 #    numbers keep the gap), a GPT whose primary header is damaged and one
 #    whose primary entry array is damaged (both read from the backup,
 #    including a non-ASCII name); contents match the image
+#  - --exports where an export is named like a partition file of another
+#    (disk.img.p1 beside a disk.img with two partitions): listed once, it
+#    is the export, partition 2 is there, and one log line names the clash;
+#    an export disk.img.p2 that appears later is not shown (the partition
+#    keeps the name), and one log line says so
 #  - broken tables: an EBR chain looping on itself, one looping over two
 #    EBRs, two overlapping primary partitions, a GPT with both headers
 #    damaged: no partition files, the disk still works, and exactly one
@@ -608,6 +613,42 @@ check_content "$T/e" hdr.img "$T/exp/hdr.img" "$T/base.json"
 check_content "$T/e" ent.img "$T/exp/ent.img" "$T/base.json"
 unmount_nbdfs "$T/e"
 note "--exports: 4096-byte-sector GPT, damaged primary header, damaged primary entries: done"
+
+# ======== --exports: an export named like a partition file keeps its name ========
+mkdir "$T/clash"
+cp "$B" "$T/clash/disk.img"
+rand_file "$T/clash/disk.img.p1" $((1 * MiB))
+serve_nbdkit clash file dir="$T/clash"
+mkdir "$T/c"
+NBDFS_LOG=$T/nbdfs-clash.log mount_nbdfs "$(unix_uri "$SOCK")" "$T/c" --exports --partitions
+listed=$(ls -1 "$T/c" | sort | tr '\n' ' ')
+[ "$listed" = "disk.img disk.img.p1 disk.img.p2 " ] ||
+  fail "clash: the mount lists '$listed', expected each of disk.img, disk.img.p1 (the export), disk.img.p2 once"
+[ "$(stat -c %s "$T/c/disk.img.p1")" = $((1 * MiB)) ] && cmp -s "$T/c/disk.img.p1" "$T/clash/disk.img.p1" ||
+  fail "clash: disk.img.p1 is not the export of that name"
+[ -z "$(getfattr --absolute-names --only-values -n user.nbd.partition "$T/c/disk.img.p1" 2>/dev/null)" ] ||
+  fail "clash: disk.img.p1 has a partition's xattr"
+[ "$(getfattr --absolute-names --only-values -n user.nbd.partition "$T/c/disk.img.p2" 2>/dev/null)" = \
+  "number=2 start=$((12288 * 512)) length=$((8192 * 512))" ] || fail "clash: disk.img.p2 is not partition 2"
+n=$(grep -c "partition 1 not shown: an export's file is named disk.img.p1 already" "$T/nbdfs-clash.log")
+[ "$n" = 1 ] || fail "clash: $n log lines name the clash, expected 1: $(cat "$T/nbdfs-clash.log")"
+# An export that appears later under a partition file's name is not shown:
+# the name keeps naming the partition.
+rand_file "$T/clash/disk.img.p2" $((1 * MiB))
+# (listings reach the server at most once a second: list until one did)
+later_export_seen() {
+  ls "$T/c" >/dev/null &&
+    grep -q "export 'disk.img.p2' not shown: a partition file of disk.img has its name" "$T/nbdfs-clash.log"
+}
+wait_until 10 later_export_seen || fail "clash: no log line names the later export: $(cat "$T/nbdfs-clash.log")"
+listed=$(ls -1 "$T/c" | sort | tr '\n' ' ')
+[ "$listed" = "disk.img disk.img.p1 disk.img.p2 " ] ||
+  fail "clash: after export disk.img.p2 appeared the mount lists '$listed'"
+[ "$(getfattr --absolute-names --only-values -n user.nbd.partition "$T/c/disk.img.p2" 2>/dev/null)" = \
+  "number=2 start=$((12288 * 512)) length=$((8192 * 512))" ] ||
+  fail "clash: disk.img.p2 stopped being partition 2 when an export of that name appeared"
+unmount_nbdfs "$T/c"
+note "--exports: a name shown first keeps its file (export or partition), one log line each: done"
 
 # ======== broken tables ========
 L=$T/loop.img
