@@ -38,6 +38,13 @@ bool fs_admit(void (*resume)(void *arg), void *arg);
  * write it was given to its pool (whose close then waits for them). */
 void fs_send_held_writes(void);
 
+/* Mounted over a file (mount_path) with the writeback cache: give the
+ * kernel the export's size, once the mount answers (INIT is done).  It made
+ * that inode with size 0 before nbdfs could say anything, and with the
+ * writeback cache it never takes a size from GETATTR.  Returns 0, or -1
+ * after logging why (the mount is then unusable: stop it). */
+int fs_naked_size(struct fs *fs, const char *mount_path);
+
 /* ---- xattr.c: extended attributes describing an export ---- */
 
 /* The names, NUL-separated, into buf (or the size needed when size is 0). */

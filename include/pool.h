@@ -104,6 +104,11 @@ struct wbuf;
 void nbd_pool_write_owned(struct nbd_pool *p, struct nbd_op *op, uint16_t flags, uint64_t offset,
                           uint64_t len, const void *buf, struct wbuf *owner);
 
+/* Read [offset, offset+len) and wait for it: widened to the server's
+ * minimum block size, for start-up and housekeeping threads (never a worker
+ * loop, which the read needs).  Returns 0 or -errno. */
+int nbd_pool_read_sync(struct nbd_pool *p, void *buf, uint64_t offset, uint32_t len);
+
 /* Add one BLOCK_STATUS command (base:allocation) for [offset, offset+len)
  * (len above 32 bits only with extended headers: nbd_pool_session says);
  * fn receives the extents with op as its argument. */

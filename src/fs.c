@@ -397,12 +397,8 @@ static void dir_stat(struct fs *fs, struct stat *st)
 static void fs_init(void *userdata, struct fuse_conn_info *conn)
 {
   struct fs *fs = userdata;
-  /* Mounted over a file, the file is the root inode, which the kernel made
-   * with size 0 before nbdfs could say anything; with the writeback cache
-   * it keeps trusting its own size, so that form caches reads only. */
-  if (fs->cache == CACHE_WRITEBACK && fs->mode == FS_NAKED)
-    log_info("mounted over a file: --cache=writeback works as --cache=read");
-  else if (fs->cache == CACHE_WRITEBACK && !(conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+  /* (Mounted over a file, fs_naked_size then sets the file's size.) */
+  if (fs->cache == CACHE_WRITEBACK && !(conn->capable & FUSE_CAP_WRITEBACK_CACHE))
     log_warn("the kernel has no FUSE writeback cache: --cache=writeback works as --cache=read");
   else if (fs->cache == CACHE_WRITEBACK)
     conn->want |= FUSE_CAP_WRITEBACK_CACHE;
@@ -821,6 +817,40 @@ void fs_send_held_writes(void)
   while (replies.running && (replies.sends || replies.sending))
     pthread_cond_wait(&replies.sent, &replies.lock);
   pthread_mutex_unlock(&replies.lock);
+}
+
+/* The kernel takes a size from a store into the page cache that ends past
+ * its own (FUSE_NOTIFY_STORE extends the file), so nbdfs stores the
+ * export's last byte, read from the server: what the page cache then holds
+ * is true. */
+int fs_naked_size(struct fs *fs, const char *mount_path)
+{
+  struct stat st;
+  /* A stat waits until INIT is answered, and with it whether the writeback
+   * cache is on. */
+  if (fs->mode != FS_NAKED || stat(mount_path, &st) < 0 || !atomic_load(&fs->writeback))
+    return 0;
+  struct fs_file *f = fs->files[0];
+  uint64_t size = nbd_pool_size(f->pool);
+  if (size == 0 || (uint64_t)st.st_size == size)
+    return 0;
+  uint8_t last;
+  int r = nbd_pool_read_sync(f->pool, &last, size - 1, 1);
+  if (r < 0) {
+    log_error("%s: reading the export's last byte (to give the kernel its size) failed: %s",
+              mount_path, strerror(-r));
+    return -1;
+  }
+  struct fuse_bufvec bv = FUSE_BUFVEC_INIT(1);
+  bv.buf[0].mem = &last;
+  r = fuse_lowlevel_notify_store(fs->se, FUSE_ROOT_ID, (off_t)(size - 1), &bv, 0);
+  if (r < 0 || stat(mount_path, &st) < 0 || (uint64_t)st.st_size != size) {
+    log_error("%s: the kernel did not take the export's size (%llu bytes; it shows %lld): "
+              "mount over a file with --cache=read", mount_path, (unsigned long long)size,
+              r < 0 ? -1LL : (long long)st.st_size);
+    return -1;
+  }
+  return 0;
 }
 
 /* Send what is queued, answer waiting getattrs, then stop (every read has

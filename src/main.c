@@ -440,6 +440,8 @@ static int serve(struct start *st)
       goto out_stop;
     }
   }
+  if (fs_naked_size(&fs, st->mp.dir) < 0)
+    goto out_stop;
   if (opt->cache != CACHE_NONE)
     tune_readahead(st->mp.dir);
   /* The partition files are there before anyone is told the mount is. */

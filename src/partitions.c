@@ -28,50 +28,10 @@ static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t threads_cond = PTHREAD_COND_INITIALIZER;
 static int threads;
 
-/* ---- blocking reads through the pool ---- */
-
-struct sync_read {
-  struct nbd_op op;
-  pthread_mutex_t lock;
-  pthread_cond_t cond;
-  bool done;
-  int err;
-};
-
-static void sync_read_done(struct nbd_op *op, int err)
-{
-  struct sync_read *r = (struct sync_read *)op;
-  pthread_mutex_lock(&r->lock);
-  r->done = true;
-  r->err = err;
-  pthread_cond_signal(&r->cond);
-  pthread_mutex_unlock(&r->lock);
-}
-
-/* part_read_fn: any offset and length, widened to the server's block size. */
+/* part_read_fn: any offset and length. */
 static int read_disk(void *arg, void *buf, uint64_t off, uint32_t len)
 {
-  struct nbd_pool *p = arg;
-  uint64_t size = nbd_pool_size(p), align = nbd_pool_min_block(p), end;
-  if (__builtin_add_overflow(off, (uint64_t)len, &end) || end > size)
-    return -EINVAL;
-  uint64_t start = off - off % align;
-  end += (align - end % align) % align;
-  char *tmp = malloc(end - start);
-  if (!tmp)
-    return -ENOMEM;
-  struct sync_read r = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
-  nbd_op_init(&r.op, sync_read_done);
-  nbd_pool_io(p, &r.op, NBD_CMD_READ, 0, start, end - start, tmp);
-  nbd_op_put(&r.op);
-  pthread_mutex_lock(&r.lock);
-  while (!r.done)
-    pthread_cond_wait(&r.cond, &r.lock);
-  pthread_mutex_unlock(&r.lock);
-  if (!r.err)
-    memcpy(buf, tmp + (off - start), len);
-  free(tmp);
-  return -r.err;
+  return nbd_pool_read_sync(arg, buf, off, len);
 }
 
 /* ---- matching the table to the files ---- */

@@ -1367,3 +1367,29 @@ void nbd_pool_free(struct nbd_pool *p)
   free(p->export_name);
   free(p);
 }
+
+/* ---- blocking reads ---- */
+
+int nbd_pool_read_sync(struct nbd_pool *p, void *buf, uint64_t off, uint32_t len)
+{
+  uint64_t size = nbd_pool_size(p), align = nbd_pool_min_block(p), end;
+  if (__builtin_add_overflow(off, (uint64_t)len, &end) || end > size)
+    return -EINVAL;
+  uint64_t start = off - off % align;
+  end += (align - end % align) % align;
+  char *tmp = malloc(end - start);
+  if (!tmp)
+    return -ENOMEM;
+  struct sync_op s = { .lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER };
+  nbd_op_init(&s.op, sync_complete);
+  nbd_pool_io(p, &s.op, NBD_CMD_READ, 0, start, end - start, tmp);
+  nbd_op_put(&s.op);
+  pthread_mutex_lock(&s.lock);
+  while (!s.done)
+    pthread_cond_wait(&s.cond, &s.lock);
+  pthread_mutex_unlock(&s.lock);
+  if (!s.err)
+    memcpy(buf, tmp + (off - start), len);
+  free(tmp);
+  return -s.err;
+}

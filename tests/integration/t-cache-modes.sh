@@ -26,6 +26,10 @@
 #  - writeback: nbdfs killed (SIGKILL) with 4 MiB of dirty pages: fsync on
 #    the open descriptor fails (never returns 0);
 #  - each mount (but the killed one) unmounts cleanly;
+#  - mounted over a regular file, writeback behaves as above (fsync,
+#    reads, coherence, writes past the end accepted by write() and failing
+#    at fsync): nbdfs gives the kernel the export's size, which it would
+#    otherwise keep at 0;
 #  - --direct-io works as --cache=none (short straddling write, ENOSPC at
 #    the end at write()); --cache=bogus exits non-zero with a one-line
 #    error that mentions --cache, and mounts nothing.
@@ -489,6 +493,34 @@ for MODE in none read writeback; do
   py "$MODE: past the end" pastend "$MODE" "$F" "$LOG" "$URI"
   unmount_mode "end-$MODE"
 done
+
+# Mounted over a regular file (naked), writeback works as it does in a
+# directory: the kernel made that file with size 0 before nbdfs could say
+# anything, and nbdfs must give it the export's size.
+# mount_naked NAME: like mount_mode, over the regular file $T/NAME.img.
+mount_naked() {
+  local name=$1
+  serve_nbdkit "$name" --filter=log memory "$SIZE" logfile="$T/$name.wire"
+  wait_until 10 test -s "$T/$name.pid" || fail "$name: nbdkit left its pid file empty"
+  [ -n "$SERVER_PID" ] || { SERVER_PID=$(cat "$T/$name.pid"); track_pid "$SERVER_PID"; }
+  URI=$(unix_uri "$SOCK")
+  LOG=$T/$name.wire
+  printf 'the file mounted over\n' >"$T/$name.img"
+  NBDFS_LOG=$T/nbdfs-$name.log mount_nbdfs "$URI" "$T/$name.img"
+  F=$T/$name.img
+  [ "$(stat -c %s "$F")" = "$SIZE" ] || fail "$name: st_size $(stat -c %s "$F"), expected $SIZE"
+}
+note "--cache=writeback over a regular file"
+mount_naked naked
+py "naked: fsync" fsync writeback "$F" "$LOG" "$URI"
+py "naked: reads" reads writeback "$F" "$LOG"
+py "naked: O_DIRECT/buffered" coherence writeback "$F" "$URI"
+head -c 4096 "$F" >/dev/null || soft_fail "naked: reading failed"
+unmount_nbdfs "$F"
+[ "$(cat "$T/naked.img")" = "the file mounted over" ] || soft_fail "naked: the file mounted over lost its content"
+mount_naked naked-end
+py "naked: past the end" pastend writeback "$F" "$LOG" "$URI"
+unmount_nbdfs "$F"
 
 # writeback: nbdfs killed with dirty pages.
 mount_mode kill --cache=writeback

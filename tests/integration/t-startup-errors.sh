@@ -2,7 +2,9 @@
 # Start-up failures: each prints exactly one line, starting "nbdfs:", on
 # stderr (matching the expected reason), exits non-zero, and leaves nothing
 # mounted, no nbdfs process and no pid file behind - in the foreground and,
-# for failures after the argument checks, also in daemon mode.
+# for failures after the argument checks, also in daemon mode.  Among them:
+# mounted over a regular file, a server whose reads fail (nbdfs reads the
+# export's last byte at start, to give the kernel the file's size).
 . "$(dirname "$0")/lib.sh"
 
 mkdir "$T/mnt"
@@ -72,6 +74,9 @@ serve_nbdkit mem memory 1M
 GOOD=$(unix_uri "$SOCK")
 serve_nbdkit_tcp plain memory 1M     # no TLS
 PLAIN=$PORT
+serve_nbdkit noread --filter=error memory 1M error-pread=EIO error-pread-rate=1
+NOREAD=$(unix_uri "$SOCK")
+printf 'a regular file\n' >"$T/over.img"
 
 # ---- argument and URI errors (before any connection) ----
 check_error "bad scheme"        'scheme'                -f 'foo://x' "$MP"
@@ -103,11 +108,19 @@ check_error "silent server"     '.'                     -f --connect-timeout 2 "
 # without TLS", whole: not cut short); never a plain mount.
 check_error "TLS (nbds)"        'TLS not supported yet|refus.*without TLS$' -f "nbds://127.0.0.1:$PLAIN/" "$MP"
 
+# Over a regular file the kernel gets the size from the export's last
+# byte, read at start: a server that fails it leaves nothing mounted.
+check_error "over a file, reads fail" "over.img: reading the export's last byte.*Input/output error" \
+  -f "$NOREAD" "$T/over.img"
+[ "$(cat "$T/over.img")" = "a regular file" ] || fail "over a file, reads fail: the file changed"
+
 # ---- daemon mode (no -f), with a pid file ----
 check_error "closed port (daemon)"    'cannot connect.*refused' -P "$T/nbdfs.pid" "nbd://127.0.0.1:$CLOSED" "$MP"
 check_error "unknown export (daemon)" "'bar'"           -P "$T/nbdfs.pid" "$(unix_uri "$STRICT" bar)" "$MP"
 check_error "no socket (daemon)"      'cannot connect'  -P "$T/nbdfs.pid" "nbd+unix:///?socket=$T/none.sock" "$MP"
 check_error "TLS (daemon)"            'TLS'             -P "$T/nbdfs.pid" "nbds://127.0.0.1:$PLAIN/" "$MP"
+check_error "over a file, reads fail (daemon)" "over.img: reading the export's last byte" \
+  -P "$T/nbdfs.pid" "$NOREAD" "$T/over.img"
 
 # ---- a bad FUSE option: libfuse explains it first, nbdfs has the last word ----
 rc=0
