@@ -42,6 +42,9 @@
 # through the mount after dropping the cache; fio must report no error.
 # nbdfs's and nbdfuse's VmRSS is sampled every 0.2 s during dd-1M and read-1M,
 # and VmHWM read before every unmount; the maxima are reported.
+# The dd write jobs also report dd's own system CPU time (GNU time): the
+# copying into the page cache that its write() calls do whichever daemon is
+# below, so 1 GiB over it is what no daemon could beat.
 #
 # Prints every round's value and the median per job and path, then a table
 # with the ratios (>1 means nbdfs is better, except where marked "lower is
@@ -77,7 +80,7 @@ for p in "${PATHS_SEL[@]}"; do [[ " ${ALL_PATHS[*]} " == *" $p "* ]] || die "BEN
 ((${#JOBS[@]} && ${#PATHS_SEL[@]})) || die "nothing selected"
 ((EUID == 0)) || die "run as root (FUSE mounts, drop_caches)"
 
-pkgs=(nbdkit libnbd-bin fio qemu-utils e2fsprogs fuse3 coreutils)
+pkgs=(nbdkit libnbd-bin fio qemu-utils e2fsprogs fuse3 coreutils time)
 command -v python3 >/dev/null || pkgs+=(python3)
 ensure_pkgs "${pkgs[@]}"
 [[ " ${PATHS_SEL[*]} " == *" nbdfs "* ]] && ensure_nbdfs
@@ -211,7 +214,7 @@ EOF
 # measure JOB PATH ROUND: run JOB through PATH once; append the value (or ERR) to $RES/JOB.PATH.
 measure() {
     local job=$1 path=$2 round=$3 t0 t1 val="" ok=1 bytes=$GIB json dir
-    local err=$RES/$job.$path.$round.err
+    local err=$RES/$job.$path.$round.err sys=$RES/$job.$path.$round.sys
     case $job in cp-*|convert) start_server "$GIB" ;; *) start_server "$SIZE_BYTES" ;; esac
     case $job in read-1M*|cp-off|convert|lat-randread) fill_server ;; esac
     if [[ $path != fio-nbd ]] && ! mount_path "$path"; then
@@ -226,9 +229,11 @@ measure() {
     [[ $path != fio-nbd && $job == @(dd-1M|read-1M*) ]] && rss_start "$DAEMON_PID" "$RES/rss.$path"
     t0=$EPOCHREALTIME
     case $job in
-        dd-1M)   run_bg 600 dd if="$SRC" of="$FILE" bs=1M count=1024 conv=fsync,notrunc status=none 2>"$err" || ok=0 ;;
+        dd-1M)   run_bg 600 /usr/bin/time -f %S -o "$sys" \
+                     dd if="$SRC" of="$FILE" bs=1M count=1024 conv=fsync,notrunc status=none 2>"$err" || ok=0 ;;
         dd-4k)   bytes=$((GIB / 4))
-                 run_bg 600 dd if="$SRC" of="$FILE" bs=4k count=65536 conv=fsync,notrunc status=none 2>"$err" || ok=0 ;;
+                 run_bg 600 /usr/bin/time -f %S -o "$sys" \
+                     dd if="$SRC" of="$FILE" bs=4k count=65536 conv=fsync,notrunc status=none 2>"$err" || ok=0 ;;
         read-1M*) run_bg 600 dd if="$FILE" of=/dev/null bs=1M count=1024 status=none 2>"$err" || ok=0 ;;
         cp-on)   { run_bg 600 cp "$SRC" "$FILE" && run_bg 600 sync "$FILE"; } 2>"$err" || ok=0 ;;
         cp-off)  run_bg 600 cp "$FILE" "$TMP/out.raw" 2>"$err" || ok=0 ;;
@@ -274,7 +279,9 @@ measure() {
     stop_server
     if ((ok)); then
         echo "$val" >>"$RES/$job.$path"
-        say "round $round: $job $path $val"
+        local cpu=""
+        [[ -s $sys ]] && { tail -n 1 "$sys" >>"$RES/$job-sys.$path"; cpu=" (dd's own CPU $(tail -n 1 "$sys") s)"; }
+        say "round $round: $job $path $val$cpu"
         return 0
     fi
     echo ERR >>"$RES/$job.$path"
@@ -349,6 +356,16 @@ for job in jobs:
     n, f, x = med.get("nbdfs"), med.get("nbdfuse"), med.get("fio-nbd")
     r = ratio(f, n) if how == "time" else ratio(n, f)
     rows.append((f"{job} ({unit})", fmt(n), fmt(f), r) + ((fmt(x), ratio(n, x)) if x is not None else ("", "")))
+    # dd's own CPU in its write() calls: the job's bytes over it bound any daemon.
+    cpu = {p: median(values(f"{job}-sys.{p}")) for p in paths}
+    if any(isinstance(c, float) for c in cpu.values()):
+        for p, c in cpu.items():
+            if c is not None:
+                print(f"{job:<14} {p:<8} dd's own CPU (s) rounds: {' '.join(values(f'{job}-sys.{p}'))}"
+                      f"  median {fmt(c)}" + (f"  (bound: {(1 << 30) / (4 if job == 'dd-4k' else 1) / c / 1e6:.0f} MB/s)"
+                                               if isinstance(c, float) and c > 0 else ""))
+        rows.append(("  dd's own CPU (s)", fmt(cpu.get("nbdfs")), fmt(cpu.get("nbdfuse")),
+                     ratio(cpu.get("nbdfs"), cpu.get("nbdfuse")), "", ""))
 
 # Memory: the maxima over every sample / every mount, in MiB.
 for what, label in (("rss", "VmRSS max (MiB)"), ("hwm", "VmHWM max (MiB)")):
@@ -365,7 +382,8 @@ print(f"{'job':<24} {'nbdfs':>9} {'nbdfuse':>9} {'ratio':>7}   {'fio-nbd':>9} {'
 for r in rows:
     print(f"{r[0]:<24} {r[1]:>9} {r[2]:>9} {r[3]:>7}   {r[4]:>9} {r[5]:>7}")
 print("medians; MB/s = 10^6 bytes/s. ratio: MB/s nbdfs/nbdfuse, seconds nbdfuse/nbdfs (>1: nbdfs")
-print("better); latency (us) and memory nbdfs/nbdfuse and nbdfs/fio-nbd (lower is better)")
+print("better); latency (us), memory and dd's own CPU nbdfs/nbdfuse and nbdfs/fio-nbd (lower is")
+print("better). dd's own CPU is the system time its write() calls took: bytes over it bound any daemon")
 sys.exit(1 if bad else 0)
 EOF
 
