@@ -2,6 +2,7 @@
 #include "write-sched.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
 #include <time.h>
@@ -36,6 +37,12 @@ static struct {
   uint64_t rate;                       /* bytes/s */
   bool rate_known;
 } ws = { .lock = PTHREAD_MUTEX_INITIALIZER, .now = mono_ns, .tail = &ws.head };
+
+/* Whether held + in-flight writes are under the limit, as of the last
+ * change: write_sched_admit runs before every FUSE request is read, and
+ * reads and stat should not take the lock for it.  A stale true lets one
+ * more request in (the limit is soft); parking decides under the lock. */
+static atomic_bool room = true;
 
 /* Set while this thread sends held writes: a write that fails at once
  * calls write_sched_done again from inside its send, and that nested call
@@ -75,6 +82,11 @@ static uint64_t limit_locked(void)
   return WRITE_SCHED_HOLD_MAX - (uint64_t)drained;
 }
 
+static void update_room_locked(void)
+{
+  atomic_store_explicit(&room, ws.inflight + ws.held < limit_locked(), memory_order_relaxed);
+}
+
 bool write_sched_try(uint64_t len)
 {
   pthread_mutex_lock(&ws.lock);
@@ -82,6 +94,7 @@ bool write_sched_try(uint64_t len)
   if (now) {
     measure_locked();
     ws.inflight += len;
+    update_room_locked();
   }
   pthread_mutex_unlock(&ws.lock);
   return now;
@@ -100,6 +113,7 @@ bool write_sched_hold(struct write_sched_item *it)
     ws.tail = &it->next;
     ws.held += it->len;
   }
+  update_room_locked();
   pthread_mutex_unlock(&ws.lock);
   return now;
 }
@@ -138,6 +152,7 @@ void write_sched_done(uint64_t len)
     ws.nparked = 0;
   }
   struct write_sched_item *it = dispatching ? NULL : take_sendable_locked();
+  update_room_locked();
   pthread_mutex_unlock(&ws.lock);
   for (int i = 0; i < n; i++)
     wake[i].fn(wake[i].arg);
@@ -153,6 +168,7 @@ void write_sched_done(uint64_t len)
     pthread_mutex_lock(&ws.lock);
     measure_locked();
     it = take_sendable_locked();
+    update_room_locked();
     pthread_mutex_unlock(&ws.lock);
   }
   dispatching = false;
@@ -160,8 +176,11 @@ void write_sched_done(uint64_t len)
 
 bool write_sched_admit(void (*resume)(void *arg), void *arg)
 {
+  if (atomic_load_explicit(&room, memory_order_relaxed))
+    return true;
   pthread_mutex_lock(&ws.lock);
   measure_locked();
+  update_room_locked();
   /* Checked under the lock: an answer that makes room takes the lock
    * after this, so it cannot miss this worker. */
   bool ok = ws.inflight + ws.held < limit_locked() || ws.nparked == MAX_PARKED;
@@ -181,6 +200,7 @@ void write_sched_send_all(void)
   ws.held = 0;
   ws.head = NULL;
   ws.tail = &ws.head;
+  update_room_locked();
   pthread_mutex_unlock(&ws.lock);
   bool nested = dispatching;
   dispatching = true; /* answers meanwhile only count */
@@ -204,6 +224,7 @@ uint64_t write_sched_limit(void)
 {
   pthread_mutex_lock(&ws.lock);
   measure_locked();
+  update_room_locked();
   uint64_t l = limit_locked();
   pthread_mutex_unlock(&ws.lock);
   return l;
@@ -218,5 +239,6 @@ void write_sched_set_clock(uint64_t (*now_ns)(void))
   ws.answered = 0;
   ws.rate = 0;
   ws.rate_known = false;
+  update_room_locked();
   pthread_mutex_unlock(&ws.lock);
 }
